@@ -1,0 +1,90 @@
+"""The one contract every flow layer follows.
+
+Direction vocabulary: *forward* maps data -> latent (the training and density direction, as in
+Glow); *inverse* maps latent -> data (sampling). Every flow layer's
+
+    call(inputs, inverse=False) -> (outputs, log_det)
+
+returns `log_det`, a float32 tensor of shape `(batch_size,)` equal to
+`log |det d outputs / d inputs|` for the direction computed, so the forward and the inverse
+log-dets of one example sum to zero. Outputs are in the layer's compute dtype (the latents that
+priors standardise are float32, see `priors.py`); log-dets are always float32.
+"""
+
+import keras
+from keras import ops
+
+LOG_DET_DTYPE = "float32"
+
+
+class FlowLayer(keras.layers.Layer):
+    """Base class of the invertible layers: `call(inputs, inverse=False) -> (outputs, log_det)`.
+
+    Subclasses implement `forward(inputs)` and `inverse_call(outputs)`, each returning
+    `(values, log_det)`. Users call the layer (`layer(x)` / `layer(z, inverse=True)`) or
+    `layer.inverse(z)`, which is a thin `self(z, inverse=True)` so that Keras's autocasting and
+    name scopes apply in both directions.
+    """
+
+    def call(self, inputs, inverse=False, **kwargs):
+        if inverse:
+            return self.inverse_call(inputs, **kwargs)
+        return self.forward(inputs, **kwargs)
+
+    def inverse(self, outputs, **kwargs):
+        """Latent -> data: `self(outputs, inverse=True)`; returns `(inputs, log_det)`."""
+        return self(outputs, inverse=True, **kwargs)
+
+    def forward(self, inputs, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def inverse_call(self, outputs, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def compute_output_spec(self, inputs, inverse=False, **kwargs):
+        # Shape-preserving by default; layers that change shape override this.
+        batch = inputs.shape[0]
+        return (keras.KerasTensor(inputs.shape, dtype=self.compute_dtype),
+                keras.KerasTensor((batch,), dtype=LOG_DET_DTYPE))
+
+
+def per_example(value, reference):
+    """Broadcasts a float32 scalar `value` to shape `(batch_size,)` of `reference`."""
+    batch_size = ops.shape(reference)[0]
+    return ops.broadcast_to(ops.cast(value, LOG_DET_DTYPE), (batch_size,))
+
+
+def zero_log_det(reference):
+    """A float32 zero log-det of shape `(batch_size,)` for volume-preserving layers."""
+    return per_example(0.0, reference)
+
+
+def sum_per_example(values):
+    """Sums every axis but the batch axis, in float32: `(batch_size, ...) -> (batch_size,)`."""
+    values = ops.cast(values, LOG_DET_DTYPE)
+    return ops.sum(ops.reshape(values, (ops.shape(values)[0], -1)), axis=1)
+
+
+def spatial_size(inputs):
+    """`height * width` of a `(batch_size, height, width, channels)` tensor, as float32."""
+    return ops.cast(ops.shape(inputs)[1] * ops.shape(inputs)[2], LOG_DET_DTYPE)
+
+
+def require_rank4(layer, input_shape):
+    """Raises the shared `ValueError` for a non-image input (the fix is in the message)."""
+    if len(input_shape) != 4:
+        raise ValueError(
+            f"{layer.__class__.__name__} '{layer.name}' expects images of shape "
+            f"(batch_size, height, width, channels); received shape {tuple(input_shape)}. "
+            "Reshape the data to rank 4 (add a channel axis for grey images).")
+
+
+def require_channels(layer, input_shape):
+    """Returns the static channel count, raising if it is unknown."""
+    require_rank4(layer, input_shape)
+    channels = input_shape[-1]
+    if channels is None:
+        raise ValueError(
+            f"{layer.__class__.__name__} '{layer.name}' needs a known channel count; "
+            f"received shape {tuple(input_shape)}.")
+    return int(channels)

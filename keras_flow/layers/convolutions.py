@@ -1,0 +1,164 @@
+"""The convolutions of the original coupling networks and priors (not flow layers).
+
+openai/glow pads 3x3 convolutions explicitly and appends one input channel that is 1 on the
+padded border and 0 inside ("edge padding"), so the network can tell image borders from zeros.
+The border channel is the same for every image, so its contribution is a constant map,
+`conv_valid(border, W_edge)`; `EdgePaddedConv2D` adds that map to an ordinary zero-padded
+convolution of the input instead of concatenating a channel to every activation: the same
+function for a fraction of the cost.
+"""
+
+import keras
+from keras import ops
+
+
+def border_indicator(inputs, kernel_size):
+    """`(1, H + k - 1, W + k - 1, 1)` map: 1 on the zero-padding border, 0 over the image."""
+    pad = (kernel_size - 1) // 2
+    shape = ops.shape(inputs)
+    inside = ops.ones((1, shape[1], shape[2], 1), dtype=inputs.dtype)
+    return 1.0 - ops.pad(inside, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+
+@keras.saving.register_keras_serializable(package="keras_flow")
+class EdgePaddedConv2D(keras.layers.Layer):
+    """Stride-1 'same' convolution with openai/glow's edge-padding channel (optional).
+
+        y = conv_same(x, W) [+ conv_valid(border, W_edge)] [+ b]
+
+    Args:
+        filters: output channels.
+        kernel_size: odd square kernel size (3 or 1).
+        use_bias: add a bias.
+        edge_padding: add the border-indicator term (openai/glow: True).
+        kernel_initializer, bias_initializer: Keras initialisers.
+    """
+
+    def __init__(self, filters, kernel_size=3, use_bias=True, edge_padding=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        if int(filters) <= 0 or int(kernel_size) % 2 != 1:
+            raise ValueError(
+                f"EdgePaddedConv2D needs filters > 0 and an odd kernel_size; received "
+                f"filters={filters}, kernel_size={kernel_size}.")
+        self.filters = int(filters)
+        self.kernel_size = int(kernel_size)
+        self.use_bias = bool(use_bias)
+        self.edge_padding = bool(edge_padding) and self.kernel_size > 1
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    def build(self, input_shape):
+        k = self.kernel_size
+        self.kernel = self.add_weight(
+            name="kernel", shape=(k, k, input_shape[-1], self.filters),
+            initializer=self.kernel_initializer)
+        if self.edge_padding:
+            self.edge_kernel = self.add_weight(
+                name="edge_kernel", shape=(k, k, 1, self.filters),
+                initializer=self.kernel_initializer)
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias", shape=(self.filters,), initializer=self.bias_initializer)
+
+    def call(self, inputs):
+        outputs = ops.conv(inputs, self.kernel, padding="same")
+        if self.edge_padding:
+            border = border_indicator(inputs, self.kernel_size)
+            outputs = outputs + ops.conv(border, self.edge_kernel, padding="valid")
+        if self.use_bias:
+            outputs = outputs + self.bias
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.filters,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters, kernel_size=self.kernel_size, use_bias=self.use_bias,
+            edge_padding=self.edge_padding,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer))
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_flow")
+class ZeroConv2D(EdgePaddedConv2D):
+    """openai/glow's `conv2d_zeros`: a zero-initialised convolution with a learned output scale.
+
+        y = (conv(x, W) + b) * exp(log_scale_factor * logs)
+
+    `W`, `b` and `logs` start at zero, so the layer outputs zeros until trained: the couplings
+    it ends start as the identity (additive) or a fixed contraction (affine), and the priors it
+    feeds start as N(0, I).
+    """
+
+    def __init__(self, filters, kernel_size=3, edge_padding=True, log_scale_factor=3.0, **kwargs):
+        kwargs.pop("use_bias", None)
+        kwargs.pop("kernel_initializer", None)
+        kwargs.pop("bias_initializer", None)
+        super().__init__(filters, kernel_size=kernel_size, use_bias=True,
+                         edge_padding=edge_padding, kernel_initializer="zeros",
+                         bias_initializer="zeros", **kwargs)
+        self.log_scale_factor = float(log_scale_factor)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.logs = self.add_weight(name="logs", shape=(self.filters,), initializer="zeros")
+
+    def call(self, inputs):
+        return super().call(inputs) * ops.exp(self.log_scale_factor * self.logs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(log_scale_factor=self.log_scale_factor)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_flow")
+class WeightNormConv2D(keras.layers.Layer):
+    """RealNVP's weight-normalised 'same' convolution: `w = g * v / ||v||` per output channel.
+
+    `v ~ U(-s, s)` with `s = sqrt(2 / fan_in_channels)`; the gain `g` (when `use_gain`) starts
+    at `s * sqrt(fan_in / 12)` as in tensorflow/models real_nvp_utils.
+    """
+
+    def __init__(self, filters, kernel_size=3, use_gain=True, use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = int(kernel_size)
+        self.use_gain = bool(use_gain)
+        self.use_bias = bool(use_bias)
+
+    def build(self, input_shape):
+        k, channels = self.kernel_size, int(input_shape[-1])
+        limit = (2.0 / channels) ** 0.5
+        self.direction = self.add_weight(
+            name="direction", shape=(k, k, channels, self.filters),
+            initializer=keras.initializers.RandomUniform(-limit, limit))
+        if self.use_gain:
+            self.gain = self.add_weight(
+                name="gain", shape=(self.filters,),
+                initializer=keras.initializers.Constant(limit * (channels * k * k / 12.0) ** 0.5))
+        if self.use_bias:
+            self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+
+    def call(self, inputs):
+        norm = ops.sqrt(ops.sum(ops.square(self.direction), axis=(0, 1, 2)) + 1e-12)
+        kernel = self.direction / norm
+        if self.use_gain:
+            kernel = kernel * self.gain
+        outputs = ops.conv(inputs, kernel, padding="same")
+        if self.use_bias:
+            outputs = outputs + self.bias
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.filters,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, kernel_size=self.kernel_size,
+                      use_gain=self.use_gain, use_bias=self.use_bias)
+        return config

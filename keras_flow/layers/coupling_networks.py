@@ -1,0 +1,127 @@
+"""The conditioner networks of the couplings: Glow's 3-layer CNN and RealNVP's ResNet."""
+
+import keras
+from keras import ops
+
+from keras_flow.layers.actnorm import Actnorm
+from keras_flow.layers.convolutions import EdgePaddedConv2D
+from keras_flow.layers.convolutions import WeightNormConv2D
+from keras_flow.layers.convolutions import ZeroConv2D
+
+
+@keras.saving.register_keras_serializable(package="keras_flow")
+class GlowCouplingNetwork(keras.layers.Layer):
+    """openai/glow's `f`: conv3x3 -> actnorm -> ReLU -> conv1x1 -> actnorm -> ReLU -> zero conv3x3.
+
+    The hidden convolutions have no bias (the actnorm that follows replaces it, initialised from
+    data like every actnorm) and start from N(0, 0.05) weights; the last is a `ZeroConv2D`, so
+    the network outputs zeros until trained.
+
+    Args:
+        output_channels: channels of the output.
+        hidden_width: channels of the two hidden layers (openai/glow: 512).
+        edge_padding: openai/glow's border-indicator channel on the 3x3 convolutions.
+    """
+
+    def __init__(self, output_channels, hidden_width=512, edge_padding=True, **kwargs):
+        super().__init__(**kwargs)
+        self.output_channels = int(output_channels)
+        self.hidden_width = int(hidden_width)
+        self.edge_padding = bool(edge_padding)
+        normal = keras.initializers.RandomNormal(stddev=0.05)
+        policy = self.dtype_policy
+        self.conv_in = EdgePaddedConv2D(
+            self.hidden_width, 3, use_bias=False, edge_padding=self.edge_padding,
+            kernel_initializer=normal, name="conv_in", dtype=policy)
+        self.norm_in = Actnorm(name="actnorm_in", dtype=policy)
+        self.conv_hidden = EdgePaddedConv2D(
+            self.hidden_width, 1, use_bias=False, kernel_initializer=normal,
+            name="conv_hidden", dtype=policy)
+        self.norm_hidden = Actnorm(name="actnorm_hidden", dtype=policy)
+        self.conv_out = ZeroConv2D(
+            self.output_channels, 3, edge_padding=self.edge_padding, name="conv_out",
+            dtype=policy)
+
+    def build(self, input_shape):
+        hidden_shape = tuple(input_shape[:-1]) + (self.hidden_width,)
+        self.conv_in.build(input_shape)
+        self.norm_in.build(hidden_shape)
+        self.conv_hidden.build(hidden_shape)
+        self.norm_hidden.build(hidden_shape)
+        self.conv_out.build(hidden_shape)
+
+    def call(self, inputs):
+        hidden, _ = self.norm_in(self.conv_in(inputs))
+        hidden, _ = self.norm_hidden(self.conv_hidden(ops.relu(hidden)))
+        return self.conv_out(ops.relu(hidden))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.output_channels,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(output_channels=self.output_channels, hidden_width=self.hidden_width,
+                      edge_padding=self.edge_padding)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_flow")
+class ResNetCouplingNetwork(keras.layers.Layer):
+    """RealNVP's s/t network: a ResNet of weight-normalised convolutions with batch norm.
+
+        h = conv3x3(x);  h += conv3x3(ReLU(BN(conv3x3(ReLU(BN(h))))))  (residual_blocks times)
+        out = conv1x1(ReLU(BN(h)))
+
+    Args:
+        output_channels: channels of the output.
+        hidden_width: feature maps of the residual blocks.
+        residual_blocks: number of residual blocks.
+    """
+
+    def __init__(self, output_channels, hidden_width=64, residual_blocks=4, **kwargs):
+        super().__init__(**kwargs)
+        self.output_channels = int(output_channels)
+        self.hidden_width = int(hidden_width)
+        self.residual_blocks = int(residual_blocks)
+        policy = self.dtype_policy
+
+        def norm(name):
+            return keras.layers.BatchNormalization(
+                scale=False, epsilon=1e-4, momentum=0.9, name=name, dtype=policy)
+
+        self.conv_in = WeightNormConv2D(self.hidden_width, 3, use_gain=False, name="conv_in",
+                                        dtype=policy)
+        self.blocks = [
+            (norm(f"block{i}_norm_a"),
+             WeightNormConv2D(self.hidden_width, 3, use_gain=False, use_bias=False,
+                              name=f"block{i}_conv_a", dtype=policy),
+             norm(f"block{i}_norm_b"),
+             WeightNormConv2D(self.hidden_width, 3, name=f"block{i}_conv_b", dtype=policy))
+            for i in range(self.residual_blocks)]
+        self.norm_out = norm("norm_out")
+        self.conv_out = WeightNormConv2D(self.output_channels, 1, name="conv_out", dtype=policy)
+
+    def build(self, input_shape):
+        hidden_shape = tuple(input_shape[:-1]) + (self.hidden_width,)
+        self.conv_in.build(input_shape)
+        for norm_a, conv_a, norm_b, conv_b in self.blocks:
+            for layer in (norm_a, conv_a, norm_b, conv_b):
+                layer.build(hidden_shape)
+        self.norm_out.build(hidden_shape)
+        self.conv_out.build(hidden_shape)
+
+    def call(self, inputs, training=None):
+        hidden = self.conv_in(inputs)
+        for norm_a, conv_a, norm_b, conv_b in self.blocks:
+            branch = conv_a(ops.relu(norm_a(hidden, training=training)))
+            hidden = hidden + conv_b(ops.relu(norm_b(branch, training=training)))
+        return self.conv_out(ops.relu(self.norm_out(hidden, training=training)))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.output_channels,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(output_channels=self.output_channels, hidden_width=self.hidden_width,
+                      residual_blocks=self.residual_blocks)
+        return config

@@ -1,0 +1,235 @@
+"""Additive (NICE) and affine (RealNVP / Glow) coupling layers with channel or checkerboard masks."""
+
+import keras
+from keras import ops
+
+from keras_flow.layers.base import FlowLayer
+from keras_flow.layers.base import require_channels
+from keras_flow.layers.base import sum_per_example
+from keras_flow.layers.base import zero_log_det
+from keras_flow.layers.coupling_networks import GlowCouplingNetwork
+from keras_flow.layers.coupling_networks import ResNetCouplingNetwork
+
+MASKS = ("channel", "checkerboard")
+NETWORKS = ("glow", "resnet")
+
+
+def checkerboard(inputs, parity):
+    """`(1, height, width, 1)` mask, 1 where `(i + j + parity)` is even (the given positions)."""
+    shape = ops.shape(inputs)
+    rows = ops.arange(shape[1])[:, None]
+    cols = ops.arange(shape[2])[None, :]
+    mask = ops.cast(ops.equal((rows + cols + parity) % 2, 0), inputs.dtype)
+    return ops.reshape(mask, (1, shape[1], shape[2], 1))
+
+
+class Coupling(FlowLayer):
+    """Shared machinery of the couplings: split, conditioner network, merge.
+
+    The input is split into a *given* part `x_a`, passed through unchanged, and a *changed* part
+    `x_b`, transformed elementwise with parameters computed from `x_a` by the network `NN`:
+
+        y_a = x_a,    y_b = (x_b + shift) * scale,    (shift, scale) = g(NN(x_a))
+        inverse:      x_b = y_b / scale - shift
+        log_det = sum log(scale)   (0 for additive couplings)
+
+    Masks: `"channel"` splits the channels into the first `C // 2` and the rest (openai/glow:
+    the first half is given); `mask_parity=1` swaps the roles. `"checkerboard"` (RealNVP) keeps
+    the pixels where `(i + j + mask_parity)` is even and transforms the others; the network sees
+    `x * mask` and the mask itself as an extra channel. Subclasses define
+    `params_per_channel` and `shift_and_log_scale(h)`.
+    """
+
+    params_per_channel = 1
+
+    def __init__(self, hidden_width=512, mask="channel", mask_parity=0, network="glow",
+                 residual_blocks=4, edge_padding=True, **kwargs):
+        super().__init__(**kwargs)
+        if mask not in MASKS:
+            raise ValueError(f"Unknown mask {mask!r}; choose one of {MASKS}.")
+        if network not in NETWORKS:
+            raise ValueError(f"Unknown network {network!r}; choose one of {NETWORKS}.")
+        if int(hidden_width) <= 0 or int(residual_blocks) < 0 or mask_parity not in (0, 1):
+            raise ValueError(
+                "A coupling needs hidden_width > 0, residual_blocks >= 0 and mask_parity in "
+                f"(0, 1); received hidden_width={hidden_width}, residual_blocks="
+                f"{residual_blocks}, mask_parity={mask_parity}.")
+        self.hidden_width = int(hidden_width)
+        self.mask = mask
+        self.mask_parity = int(mask_parity)
+        self.network_type = network
+        self.residual_blocks = int(residual_blocks)
+        self.edge_padding = bool(edge_padding)
+
+    def build(self, input_shape):
+        channels = require_channels(self, input_shape)
+        if self.mask == "channel":
+            if channels < 2:
+                raise ValueError(
+                    f"{self.__class__.__name__} '{self.name}' with mask='channel' needs at "
+                    f"least 2 channels to split; received shape {tuple(input_shape)}. Use "
+                    "mask='checkerboard', or squeeze the image first.")
+            split = channels // 2
+            given, changed = (split, channels - split) if self.mask_parity == 0 else (
+                channels - split, split)
+        else:
+            given, changed = channels + 1, channels
+        self.network = self._make_network(self.params_per_channel * changed)
+        self.network.build(tuple(input_shape[:-1]) + (given,))
+
+    def _make_network(self, output_channels):
+        if self.network_type == "glow":
+            return GlowCouplingNetwork(output_channels, self.hidden_width, self.edge_padding,
+                                       name="network", dtype=self.dtype_policy)
+        return ResNetCouplingNetwork(output_channels, self.hidden_width, self.residual_blocks,
+                                     name="network", dtype=self.dtype_policy)
+
+    def _split(self, inputs):
+        """Returns `(network input, changed part, active mask or None)`."""
+        if self.mask == "checkerboard":
+            mask = checkerboard(inputs, self.mask_parity)
+            given = ops.concatenate(
+                [inputs * mask, ops.broadcast_to(mask, ops.shape(inputs)[:-1] + (1,))], axis=-1)
+            return given, inputs, 1.0 - mask
+        split = inputs.shape[-1] // 2
+        first, second = inputs[..., :split], inputs[..., split:]
+        return (first, second, None) if self.mask_parity == 0 else (second, first, None)
+
+    def _merge(self, inputs, changed):
+        if self.mask == "checkerboard":
+            return changed
+        split = inputs.shape[-1] // 2
+        parts = [inputs[..., :split], changed] if self.mask_parity == 0 else [
+            changed, inputs[..., split:]]
+        return ops.concatenate(parts, axis=-1)
+
+    def _parameters(self, inputs):
+        given, changed, active = self._split(inputs)
+        shift, log_scale = self.shift_and_log_scale(self.network(given))
+        if active is not None:
+            shift = shift * active
+            log_scale = None if log_scale is None else log_scale * ops.cast(active, "float32")
+        return changed, shift, log_scale
+
+    def forward(self, inputs):
+        changed, shift, log_scale = self._parameters(inputs)
+        outputs = changed + shift
+        if log_scale is None:
+            return self._merge(inputs, outputs), zero_log_det(inputs)
+        outputs = outputs * ops.cast(ops.exp(log_scale), outputs.dtype)
+        return self._merge(inputs, outputs), sum_per_example(log_scale)
+
+    def inverse_call(self, outputs):
+        changed, shift, log_scale = self._parameters(outputs)
+        if log_scale is None:
+            return self._merge(outputs, changed - shift), zero_log_det(outputs)
+        inputs = changed * ops.cast(ops.exp(-log_scale), changed.dtype) - shift
+        return self._merge(outputs, inputs), -sum_per_example(log_scale)
+
+    def shift_and_log_scale(self, h):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(hidden_width=self.hidden_width, mask=self.mask,
+                      mask_parity=self.mask_parity, network=self.network_type,
+                      residual_blocks=self.residual_blocks, edge_padding=self.edge_padding)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_flow")
+class AdditiveCoupling(Coupling):
+    """Additive coupling (NICE; openai/glow `flow_coupling=0`), volume preserving.
+
+        y_a = x_a,   y_b = x_b + NN(x_a);   inverse x_b = y_b - NN(y_a);   log_det = 0
+
+    The network's last convolution starts at zero, so an untrained layer is the identity.
+
+    Args:
+        hidden_width: width of the conditioner network (Glow: 512).
+        mask: `"channel"` (Glow) or `"checkerboard"` (RealNVP).
+        mask_parity: 0 or 1, which half (or which checkerboard colour) is given.
+        network: `"glow"` (conv3x3-actnorm-ReLU-conv1x1-actnorm-ReLU-zero conv3x3) or
+            `"resnet"` (RealNVP's weight-normalised ResNet).
+        residual_blocks: residual blocks of the `"resnet"` network.
+        edge_padding: openai/glow's border channel in the `"glow"` network.
+
+    Call arguments: `inputs` `(batch_size, height, width, channels)`, `inverse`.
+    Returns: `(outputs, log_det)`, log-det float32 `(batch_size,)`.
+
+    Reference: Dinh et al., "NICE", arXiv:1410.8516; Kingma & Dhariwal, arXiv:1807.03039.
+    """
+
+    params_per_channel = 1
+
+    def shift_and_log_scale(self, h):
+        return h, None
+
+
+SCALE_FUNCTIONS = ("sigmoid", "tanh", "exp")
+
+
+@keras.saving.register_keras_serializable(package="keras_flow")
+class AffineCoupling(Coupling):
+    """Affine coupling (RealNVP; openai/glow `flow_coupling=1`), shift first, then scale.
+
+        h = NN(x_a);  shift = h[..., 0::2];  raw = h[..., 1::2]
+        y_b = (x_b + shift) * scale;   inverse x_b = y_b / scale - shift
+        log_det = sum log(scale)
+
+    with `scale_fn`:
+      - `"sigmoid"` (Glow, default): `scale = sigmoid(raw + 2)`, bounded in (0, 1); an
+        untrained layer is the fixed contraction `scale = sigmoid(2) ~ 0.881`;
+      - `"tanh"` (RealNVP): `log(scale) = c * tanh(raw)` with a learned scalar `c` starting at
+        `tanh_scale_init` (RealNVP code: 0 for checkerboard, 1 for channel couplings);
+      - `"exp"` (RealNVP paper): `log(scale) = raw`.
+    `log(scale)` is computed in float32 and clipped to `[-log_scale_clip, log_scale_clip]`, in
+    both directions alike, so the inverse never divides by a scale that rounded to zero
+    (`sigmoid` is unaffected above exp(-15) ~ 3e-7).
+
+    Args: those of `AdditiveCoupling`, plus `scale_fn`, `tanh_scale_init`, `log_scale_clip`.
+
+    Call arguments: `inputs` `(batch_size, height, width, channels)`, `inverse`.
+    Returns: `(outputs, log_det)`, log-det float32 `(batch_size,)`.
+
+    Reference: Dinh et al., "Density estimation using Real NVP", arXiv:1605.08803;
+    Kingma & Dhariwal, arXiv:1807.03039 and openai/glow model.py.
+    """
+
+    params_per_channel = 2
+
+    def __init__(self, hidden_width=512, scale_fn="sigmoid", tanh_scale_init=1.0,
+                 log_scale_clip=15.0, **kwargs):
+        super().__init__(hidden_width=hidden_width, **kwargs)
+        if scale_fn not in SCALE_FUNCTIONS:
+            raise ValueError(f"Unknown scale_fn {scale_fn!r}; choose one of {SCALE_FUNCTIONS}.")
+        if log_scale_clip is not None and log_scale_clip <= 0:
+            raise ValueError(f"log_scale_clip must be positive or None; got {log_scale_clip}.")
+        self.scale_fn = scale_fn
+        self.tanh_scale_init = float(tanh_scale_init)
+        self.log_scale_clip = None if log_scale_clip is None else float(log_scale_clip)
+
+    def build(self, input_shape):
+        if self.scale_fn == "tanh":
+            self.tanh_scale = self.add_weight(
+                name="tanh_scale", shape=(), autocast=False,
+                initializer=keras.initializers.Constant(self.tanh_scale_init))
+        super().build(input_shape)
+
+    def shift_and_log_scale(self, h):
+        shift, raw = h[..., 0::2], ops.cast(h[..., 1::2], "float32")
+        if self.scale_fn == "sigmoid":
+            log_scale = ops.log_sigmoid(raw + 2.0)
+        elif self.scale_fn == "tanh":
+            log_scale = self.tanh_scale * ops.tanh(raw)
+        else:
+            log_scale = raw
+        if self.log_scale_clip is not None:
+            log_scale = ops.clip(log_scale, -self.log_scale_clip, self.log_scale_clip)
+        return shift, log_scale
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(scale_fn=self.scale_fn, tanh_scale_init=self.tanh_scale_init,
+                      log_scale_clip=self.log_scale_clip)
+        return config

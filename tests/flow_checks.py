@@ -1,0 +1,169 @@
+"""The one checker every flow layer and model goes through (backend-neutral).
+
+invertibility, log-dets that cancel, log-det == log|det J| of the autodiff Jacobian, config and
+`.keras` round trips, mixed precision. Weights are always moved well away from their
+initialisation first, so an identity-initialised layer cannot pass by doing nothing.
+"""
+
+import numpy as np
+import keras
+from keras import ops
+
+
+def dtype_name(tensor):
+    return keras.backend.standardize_dtype(tensor.dtype)
+
+
+def random_images(shape, seed=0, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype("float32")
+
+
+def preprocessed_images(shape, seed=0):
+    """Uniform values in [-0.5, 0.5), the range of preprocessed (dequantised) images."""
+    return (np.random.default_rng(seed).random(shape) - 0.5).astype("float32")
+
+
+def perturb_weights(layer, seed=1, scale=0.3):
+    """Adds N(0, scale^2) noise to every trainable float weight (zero convs become non-zero)."""
+    rng = np.random.default_rng(seed)
+    for weight in layer.trainable_weights:
+        value = ops.convert_to_numpy(weight)
+        weight.assign(value + scale * rng.standard_normal(value.shape).astype(value.dtype))
+
+
+def flatten_outputs(outputs):
+    parts = outputs if isinstance(outputs, (tuple, list)) else [outputs]
+    return ops.concatenate(
+        [ops.reshape(ops.cast(p, "float32"), (ops.shape(p)[0], -1)) for p in parts], axis=1)
+
+
+def _max_abs(a, b):
+    return float(np.max(np.abs(ops.convert_to_numpy(a) - ops.convert_to_numpy(b))))
+
+
+def check_round_trip(layer, x, atol=1e-5, **call_kwargs):
+    """inverse(forward(x)) == x and the two log-dets cancel; returns the max abs error."""
+    y, log_det = layer(x, **call_kwargs)
+    x_back, inverse_log_det = layer(y, inverse=True)
+    assert tuple(log_det.shape) == (x.shape[0],), log_det.shape
+    assert dtype_name(log_det) == "float32"
+    error = _max_abs(x_back, x)
+    assert error <= atol, f"round trip error {error} > {atol}"
+    np.testing.assert_allclose(ops.convert_to_numpy(log_det),
+                               -ops.convert_to_numpy(inverse_log_det), atol=1e-4, rtol=1e-5)
+    return error
+
+
+def jacobian(fn, x):
+    """Per-example Jacobian `(batch, out_dim, in_dim)` of `fn` (a batched map) at `x`."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+        x = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        jac = tape.batch_jacobian(y, x)
+        return np.reshape(jac.numpy(), (x.shape[0], y.shape[1], -1))
+    if backend == "jax":
+        import jax
+        single = lambda xi: fn(xi[None])[0]  # noqa: E731
+        jac = jax.vmap(jax.jacrev(single))(x)
+        return np.reshape(np.asarray(jac), (x.shape[0], -1, int(np.prod(x.shape[1:]))))
+    raise NotImplementedError(backend)
+
+
+def check_log_det(layer, x, atol=1e-4, inverse=False):
+    """The layer's log-det equals log|det J| of the autodiff Jacobian of its map."""
+    _, log_det = layer(x, inverse=inverse)
+    jac = jacobian(lambda v: flatten_outputs(layer(v, inverse=inverse)[0]), x)
+    assert jac.shape[1] == jac.shape[2], f"not a square map: {jac.shape}"
+    _, expected = np.linalg.slogdet(jac.astype("float64"))
+    np.testing.assert_allclose(ops.convert_to_numpy(log_det), expected, atol=atol, rtol=0)
+
+
+def serialize_round_trip(layer, input_shape):
+    """A new layer from `get_config` with the same weights."""
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    if not clone.built:
+        clone.build(input_shape)
+    clone.set_weights(layer.get_weights())
+    return clone
+
+
+@keras.saving.register_keras_serializable(package="keras_flow_tests")
+class LayerHolder(keras.Model):
+    """A model holding one flow layer, so the layer can go through a `.keras` file."""
+
+    def __init__(self, flow, **kwargs):
+        super().__init__(**kwargs)
+        self.flow = flow
+
+    def call(self, inputs):
+        outputs, log_det = self.flow(inputs)
+        return flatten_outputs(outputs), log_det
+
+    def get_config(self):
+        return {**super().get_config(), "flow": keras.saving.serialize_keras_object(self.flow)}
+
+    @classmethod
+    def from_config(cls, config):
+        config["flow"] = keras.saving.deserialize_keras_object(config["flow"])
+        return cls(**config)
+
+
+def check_serialization(layer, x, tmp_path):
+    """get_config round trip and `.keras` save/load reproduce outputs and log-dets exactly."""
+    y, log_det = layer(x)
+    clone = serialize_round_trip(layer, x.shape)
+    y2, log_det2 = clone(x)
+    np.testing.assert_array_equal(ops.convert_to_numpy(flatten_outputs(y)),
+                                  ops.convert_to_numpy(flatten_outputs(y2)))
+    np.testing.assert_array_equal(ops.convert_to_numpy(log_det), ops.convert_to_numpy(log_det2))
+    holder = LayerHolder(layer)
+    expected = holder(x)
+    path = str(tmp_path / "layer.keras")
+    holder.save(path)
+    loaded = keras.saving.load_model(path)
+    got = loaded(x)
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+
+
+def check_mixed_precision(make_layer, x, policy, atol, output_dtype=None):
+    """Outputs in the compute dtype (or `output_dtype`), log-dets float32, round trip ≤ `atol`."""
+    layer = make_layer(dtype=policy)
+    layer(x)
+    perturb_weights(layer, scale=0.1)
+    y, log_det = layer(x)
+    expected_dtype = output_dtype or keras.DTypePolicy(policy).compute_dtype
+    first = y[0] if isinstance(y, (tuple, list)) else y
+    assert dtype_name(first) == expected_dtype
+    assert dtype_name(log_det) == "float32"
+    x_back, _ = layer(y, inverse=True)
+    x_rounded = ops.cast(ops.cast(x, keras.DTypePolicy(policy).compute_dtype), "float32")
+    error = _max_abs(ops.cast(x_back, "float32"), x_rounded)
+    assert error <= atol, f"{policy} round trip error {error} > {atol}"
+
+
+def run_flow_checks(make_layer, shape, tmp_path, perturb_scale=0.3, seed=0, atol=1e-5,
+                    tiny_shape=(2, 4, 4, 4), mixed_atol=(0.1, 0.02), output_dtype=None,
+                    make_inputs=random_images):
+    """Every check of the layer contract, for a layer factory `make_layer(**kwargs)`.
+
+    `make_inputs(shape, seed)` draws the inputs; `output_dtype` overrides the expected output
+    dtype under mixed precision (float32 for the priors' standardised latents).
+    """
+    x = make_inputs(shape, seed)
+    layer = make_layer()
+    layer(x)
+    perturb_weights(layer, scale=perturb_scale)
+    check_round_trip(layer, x, atol=atol)
+    check_serialization(layer, x, tmp_path)
+    tiny = make_layer()
+    xt = make_inputs(tiny_shape, seed + 1)
+    tiny(xt)
+    perturb_weights(tiny, scale=perturb_scale)
+    check_log_det(tiny, xt)
+    check_mixed_precision(make_layer, x, "mixed_bfloat16", mixed_atol[0], output_dtype)
+    check_mixed_precision(make_layer, x, "mixed_float16", mixed_atol[1], output_dtype)

@@ -1,0 +1,33 @@
+import numpy as np
+import keras
+
+from keras_flow.layers import EdgePaddedConv2D
+from keras_flow.layers import ZeroConv2D
+from tests.flow_checks import perturb_weights
+from tests.flow_checks import random_images
+
+
+def test_edge_padding_equals_openai_glow_explicit_border_channel():
+    """conv_same(x) + conv_valid(border) == VALID conv of concat(pad(x), border) (openai/glow)."""
+    x = random_images((2, 5, 6, 3))
+    layer = EdgePaddedConv2D(4, 3, use_bias=False)
+    got = keras.ops.convert_to_numpy(layer(x))
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    border = np.pad(np.zeros((2, 5, 6, 1), "float32"), ((0, 0), (1, 1), (1, 1), (0, 0)),
+                    constant_values=1.0)
+    kernel = np.concatenate([keras.ops.convert_to_numpy(layer.kernel),
+                             keras.ops.convert_to_numpy(layer.edge_kernel)], axis=2)
+    expected = keras.ops.convert_to_numpy(
+        keras.ops.conv(np.concatenate([padded, border], -1), kernel, padding="valid"))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_zero_conv_starts_at_zero_and_scales_by_exp_3_logs():
+    x = random_images((2, 4, 4, 3))
+    layer = ZeroConv2D(5)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), 0.0)
+    perturb_weights(layer, scale=0.1)
+    logs = keras.ops.convert_to_numpy(layer.logs)
+    base = keras.ops.convert_to_numpy(EdgePaddedConv2D.call(layer, x))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), base * np.exp(3 * logs),
+                               rtol=1e-5, atol=1e-6)

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import keras
+
+from keras_flow.layers import AdditiveCoupling
+from keras_flow.layers import AffineCoupling
+from tests.flow_checks import random_images
+from tests.flow_checks import run_flow_checks
+
+VARIANTS = {
+    "additive": lambda **kw: AdditiveCoupling(hidden_width=16, **kw),
+    "affine": lambda **kw: AffineCoupling(hidden_width=16, **kw),
+    "affine-parity1": lambda **kw: AffineCoupling(hidden_width=16, mask_parity=1, **kw),
+    "affine-exp": lambda **kw: AffineCoupling(hidden_width=16, scale_fn="exp", **kw),
+    "additive-checkerboard": lambda **kw: AdditiveCoupling(
+        hidden_width=16, mask="checkerboard", **kw),
+    "realnvp-checkerboard": lambda **kw: AffineCoupling(
+        hidden_width=16, mask="checkerboard", network="resnet", residual_blocks=1,
+        scale_fn="tanh", tanh_scale_init=0.0, **kw),
+    "realnvp-channel": lambda **kw: AffineCoupling(
+        hidden_width=16, network="resnet", residual_blocks=1, scale_fn="tanh", **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_flow_contract(name, tmp_path):
+    run_flow_checks(VARIANTS[name], (4, 8, 8, 4), tmp_path, perturb_scale=0.1)
+
+
+@pytest.mark.parametrize("channels", [3, 5])
+@pytest.mark.parametrize("make", [AdditiveCoupling, AffineCoupling])
+def test_odd_channel_counts(make, channels, tmp_path):
+    run_flow_checks(lambda **kw: make(hidden_width=8, **kw), (2, 4, 4, channels), tmp_path,
+                    perturb_scale=0.1, tiny_shape=(2, 4, 4, channels))
+
+
+def test_untrained_additive_is_the_identity():
+    x = random_images((2, 4, 4, 4))
+    y, log_det = AdditiveCoupling(hidden_width=8)(x)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(y), x)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(log_det), 0.0)
+
+
+def test_untrained_affine_is_the_sigmoid_2_contraction():
+    x = random_images((2, 4, 4, 4))
+    y, log_det = AffineCoupling(hidden_width=8)(x)
+    y = keras.ops.convert_to_numpy(y)
+    scale = 1.0 / (1.0 + np.exp(-2.0))
+    np.testing.assert_array_equal(y[..., :2], x[..., :2])
+    np.testing.assert_allclose(y[..., 2:], x[..., 2:] * scale, rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(log_det), 32 * np.log(scale), rtol=1e-5)
+
+
+def test_checkerboard_keeps_the_given_pixels():
+    x = random_images((2, 4, 4, 1))
+    layer = AffineCoupling(hidden_width=8, mask="checkerboard")
+    layer(x)
+    for weight in layer.trainable_weights:
+        weight.assign(weight + 0.1)
+    y = keras.ops.convert_to_numpy(layer(x)[0])
+    given = (np.add.outer(np.arange(4), np.arange(4)) % 2 == 0)
+    np.testing.assert_array_equal(y[:, given], x[:, given])
+    assert not np.allclose(y[:, ~given], x[:, ~given])
+
+
+def test_one_channel_without_a_spatial_mask_raises():
+    with pytest.raises(ValueError, match=r"\(2, 4, 4, 1\).*mask='checkerboard'"):
+        AffineCoupling(hidden_width=8)(np.zeros((2, 4, 4, 1), "float32"))
+
+
+def test_bad_options_raise():
+    with pytest.raises(ValueError, match="mask"):
+        AffineCoupling(mask="stripes")
+    with pytest.raises(ValueError, match="scale_fn"):
+        AffineCoupling(scale_fn="softplus")
+    with pytest.raises(ValueError, match="hidden_width"):
+        AdditiveCoupling(hidden_width=0)
+
+
+def test_default_width_is_glow_512():
+    assert AffineCoupling().hidden_width == 512 and AdditiveCoupling().hidden_width == 512
+
+
+def test_inverse_is_finite_when_the_scale_vanishes():
+    x = random_images((2, 4, 4, 2))
+    layer = AffineCoupling(hidden_width=8)
+    layer(x)
+    layer.network.conv_out.bias.assign(np.full((2,), -1e4, "float32"))
+    y, log_det = layer(x)
+    x_back, _ = layer(y, inverse=True)
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(x_back)))
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(log_det)))

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import keras
+
+from keras_flow.layers import Split2D
+from keras_flow.layers import TopPrior
+from keras_flow.layers import standard_normal_log_prob
+from tests.flow_checks import perturb_weights
+from tests.flow_checks import random_images
+from tests.flow_checks import run_flow_checks
+
+
+def test_split_contract(tmp_path):
+    run_flow_checks(Split2D, (4, 8, 8, 6), tmp_path, perturb_scale=0.1, output_dtype=None)
+
+
+def test_top_prior_contract(tmp_path):
+    run_flow_checks(TopPrior, (4, 8, 8, 6), tmp_path, perturb_scale=0.1, output_dtype="float32")
+
+
+def test_conditional_top_prior_depends_on_labels():
+    x = random_images((4, 4, 4, 2))
+    labels = np.array([0, 1, 2, 1])
+    layer = TopPrior(num_classes=3)
+    layer(x, labels=labels)
+    perturb_weights(layer, scale=0.2)
+    eps, log_det = layer(x, labels=labels)
+    back, _ = layer(eps, inverse=True, labels=labels)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(back), x, atol=1e-5)
+    ld = keras.ops.convert_to_numpy(log_det)
+    assert ld[1] == pytest.approx(ld[3]) and ld[0] != pytest.approx(ld[1])
+    with pytest.raises(ValueError, match="labels"):
+        layer(x)
+    with pytest.raises(ValueError, match="unconditional"):
+        TopPrior()(x, labels=labels)
+
+
+def test_split_log_det_plus_standard_normal_is_the_conditional_gaussian():
+    x = random_images((3, 4, 4, 4))
+    layer = Split2D()
+    layer(x)
+    perturb_weights(layer, scale=0.2)
+    (kept, eps), log_det = layer(x)
+    h = keras.ops.convert_to_numpy(layer.prior(kept))
+    mean, log_std = h[..., 0::2], h[..., 1::2]
+    z2 = x[..., 2:]
+    expected = np.sum(-0.5 * (np.log(2 * np.pi) + 2 * log_std + (z2 - mean) ** 2
+                              / np.exp(2 * log_std)), axis=(1, 2, 3))
+    got = keras.ops.convert_to_numpy(standard_normal_log_prob(eps) + log_det)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_split_samples_at_a_temperature_when_eps_is_missing():
+    layer = Split2D()
+    kept = random_images((256, 4, 4, 2))
+    z0, _ = layer(kept, inverse=True, temperature=0.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(z0)[..., 2:], 0.0)
+    z, _ = layer(kept, inverse=True, temperature=0.5, seed=3)
+    assert keras.ops.convert_to_numpy(z)[..., 2:].std() == pytest.approx(0.5, rel=0.05)
+
+
+def test_standard_normal_log_prob_is_float32_even_for_float16():
+    eps = np.full((2, 64, 64, 3), 3.0, "float16")
+    lp = keras.ops.convert_to_numpy(standard_normal_log_prob(eps))
+    assert lp.dtype == np.float32 and np.all(np.isfinite(lp))
+    np.testing.assert_allclose(lp, 64 * 64 * 3 * -0.5 * (np.log(2 * np.pi) + 9.0), rtol=1e-5)
