@@ -1,1 +1,25 @@
-"""keras_flow."""
+"""keras_flow: Glow and RealNVP normalizing flows as Keras 3 layers and models.
+
+Backend-neutral core (`layers`, `models`) in `keras.ops`; TensorFlow-only pieces (`data`,
+`preprocessing`, `training`, `export`) are imported on first use, so the core also runs on
+Keras's JAX backend without TensorFlow installed.
+"""
+
+import importlib
+
+from keras_flow import layers
+from keras_flow import models
+from keras_flow.models import Glow
+from keras_flow.models import RealNVP
+
+__version__ = "0.1.0"
+
+_LAZY_MODULES = ("data", "preprocessing", "training", "export")
+
+
+def __getattr__(name):
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"keras_flow.{name}")
+    if name == "export_model":
+        return importlib.import_module("keras_flow.export").export_model
+    raise AttributeError(f"module 'keras_flow' has no attribute {name!r}")

@@ -54,9 +54,11 @@ class Split2D(FlowLayer):
 
     The conv starts at zero, so the prior starts as N(0, I). `eps` is exposed so the split is
     exactly invertible; `inverse` also accepts `z1` alone and then draws
-    `eps ~ N(0, temperature^2 I)` (optionally with `seed`).
+    `eps ~ N(0, temperature^2 I)` (optionally with `seed`). With `learned=False` the factored
+    half is scored under N(0, I) (RealNVP) and `eps = z2`.
 
     Args:
+        learned: learn the conditional prior (openai/glow) or use N(0, I) (RealNVP).
         edge_padding: openai/glow's border channel in the prior's 3x3 conv.
 
     Call arguments:
@@ -66,8 +68,9 @@ class Split2D(FlowLayer):
     Returns: forward `((z1, eps), log_det)`, inverse `(z, log_det)`.
     """
 
-    def __init__(self, edge_padding=True, **kwargs):
+    def __init__(self, learned=True, edge_padding=True, **kwargs):
         super().__init__(**kwargs)
+        self.learned = bool(learned)
         self.edge_padding = bool(edge_padding)
 
     def build(self, input_shape):
@@ -78,11 +81,15 @@ class Split2D(FlowLayer):
                 f"{tuple(input_shape)}. Squeeze before splitting.")
         self.kept_channels = channels - channels // 2
         self.factored_channels = channels // 2
-        self.prior = ZeroConv2D(2 * self.factored_channels, 3, edge_padding=self.edge_padding,
-                                name="prior", dtype=self.dtype_policy)
-        self.prior.build(tuple(input_shape[:-1]) + (self.kept_channels,))
+        if self.learned:
+            self.prior = ZeroConv2D(2 * self.factored_channels, 3, name="prior",
+                                    edge_padding=self.edge_padding, dtype=self.dtype_policy)
+            self.prior.build(tuple(input_shape[:-1]) + (self.kept_channels,))
 
     def _mean_and_log_std(self, kept):
+        if not self.learned:
+            shape = ops.shape(kept)[:-1] + (self.factored_channels,)
+            return ops.zeros(shape, "float32"), ops.zeros(shape, "float32")
         h = self.prior(kept)
         return h[..., 0::2], h[..., 1::2]
 
@@ -114,7 +121,7 @@ class Split2D(FlowLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(edge_padding=self.edge_padding)
+        config.update(learned=self.learned, edge_padding=self.edge_padding)
         return config
 
 

@@ -1,0 +1,216 @@
+"""What Glow and RealNVP share: the likelihood objective, `add_loss`, and the user-facing API."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_flow.layers.actnorm import data_dependent_init
+from keras_flow.layers.convolutions import ZeroConv2D
+from keras_flow.layers.priors import standard_normal_log_prob
+
+LN2 = math.log(2.0)
+
+
+def unpack_inputs(inputs):
+    """`images` or `{"image": images, "label": labels}` -> `(images, labels or None)`."""
+    if isinstance(inputs, dict):
+        if "image" not in inputs:
+            raise ValueError(
+                f"A dict input needs an 'image' entry (and 'label' for a class-conditional "
+                f"model); received keys {sorted(inputs)}.")
+        return inputs["image"], inputs.get("label")
+    return inputs, None
+
+
+def image_input_shape(input_shape):
+    return tuple(input_shape["image"]) if isinstance(input_shape, dict) else tuple(input_shape)
+
+
+class FlowModel(keras.Model):
+    """Base of the multi-scale flows: exact likelihood in bits/dim, encode/decode, sampling.
+
+    A subclass builds its layers and implements `encode_with_top(x, labels, training)` ->
+    `(eps_list, log_det, z_top)` and `decode(eps_list, labels)`, and sets `latent_shapes` in
+    `build`. This class turns that into:
+
+        log p(x) = sum_levels log N(eps; 0, I) + log|det d eps / d x|     (nats per example)
+        bits/dim = (-log p(x) + D log(num_bins)) / (D ln 2),  D = height * width * channels
+
+    `call(x)` returns the per-example bits/dim (float32 `(batch_size,)`) and registers the
+    objective, their batch mean (plus `classifier_weight` times the classifier's bits when
+    `num_classes` > 0, as openai/glow's `weight_y`), with `add_loss`, so `compile(optimizer)`
+    and `fit(images)` train it; `bits_per_dim` is also a metric of `fit` and `evaluate`.
+    Inputs are preprocessed images in [-0.5, 0.5) (see `keras_flow.preprocessing`), or a dict
+    `{"image": ..., "label": int}` for a class-conditional model.
+    """
+
+    def __init__(self, num_bins=256, num_classes=0, classifier_weight=0.0, image_shape=None,
+                 seed=0, **kwargs):
+        super().__init__(**kwargs)
+        if int(num_bins) < 2:
+            raise ValueError(f"num_bins must be >= 2 (256 for 8-bit data); got {num_bins}.")
+        if int(num_classes) < 0 or classifier_weight < 0:
+            raise ValueError(
+                f"num_classes and classifier_weight must be >= 0; got num_classes={num_classes},"
+                f" classifier_weight={classifier_weight}.")
+        if classifier_weight and not num_classes:
+            raise ValueError("classifier_weight > 0 needs a class-conditional model "
+                             "(num_classes > 0).")
+        self.num_bins = int(num_bins)
+        self.num_classes = int(num_classes)
+        self.classifier_weight = float(classifier_weight)
+        self.image_shape = None if image_shape is None else tuple(int(d) for d in image_shape)
+        self.seed = int(seed)
+        self.latent_shapes = None
+        self.bits_per_dim_tracker = keras.metrics.Mean(name="bits_per_dim")
+        if self.classifier_weight:
+            self.classifier = ZeroConv2D(self.num_classes, 1, edge_padding=False,
+                                         name="classifier", dtype=self.dtype_policy)
+
+    # --- to be provided by the subclasses -------------------------------------------------
+    def encode_with_top(self, images, labels=None, training=None):  # pragma: no cover
+        raise NotImplementedError
+
+    def decode(self, eps_list, labels=None):  # pragma: no cover
+        raise NotImplementedError
+
+    # --- shapes and validation ---------------------------------------------------------------
+    def validate_image_shape(self, shape, levels):
+        """Raises `ValueError` unless `shape` is `(batch, H, W, C)` with H, W divisible by 2**levels."""
+        if len(shape) != 4:
+            raise ValueError(
+                f"{self.__class__.__name__} expects images of shape (batch_size, height, width, "
+                f"channels); received {tuple(shape)}. Add a channel axis for grey images.")
+        height, width, channels = shape[1:]
+        factor = 2 ** levels
+        if (height is not None and height % factor) or (width is not None and width % factor):
+            raise ValueError(
+                f"Image size {height}x{width} is not divisible by 2**levels = {factor} "
+                f"(levels={levels}). Pad or resize the images (keras_flow.data: fit='pad' or "
+                "fit='resize', CLI --fit), or use fewer levels.")
+        if self.image_shape is not None and tuple(shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"This model was built for images of shape {self.image_shape}; received "
+                f"{tuple(shape[1:])}. Resize the images or build a new model.")
+
+    def check_built(self):
+        if self.latent_shapes is None:
+            raise ValueError(
+                f"{self.__class__.__name__} is not built yet: pass image_shape=(H, W, C) to the "
+                "constructor, or call model.initialize(images) first.")
+
+    @property
+    def num_dims(self):
+        self.check_built()
+        return int(math.prod(self.image_shape))
+
+    # --- the likelihood --------------------------------------------------------------------
+    def encode(self, images, labels=None):
+        """Data -> standardised latents.
+
+        Args:
+            images: `(batch_size, H, W, C)` preprocessed images in [-0.5, 0.5).
+            labels: int `(batch_size,)`, for a class-conditional model.
+
+        Returns:
+            `(eps_list, log_det)`: one float32 latent per level (each ~ N(0, I) under the
+            model; shapes `self.latent_shapes`) and `log|det d eps / d x|`, float32
+            `(batch_size,)`.
+        """
+        eps_list, log_det, _ = self.encode_with_top(images, labels, training=False)
+        return eps_list, log_det
+
+    def log_prob(self, images, labels=None):
+        """`log p(x)` in nats per example, float32 `(batch_size,)` (density of the input)."""
+        eps_list, log_det = self.encode(images, labels)
+        return self._log_prob(eps_list, log_det)
+
+    def bits_per_dim(self, images, labels=None):
+        """Bits per dimension of each example, float32 `(batch_size,)`, with the discretisation
+        term: `(-log p(x) + D log(num_bins)) / (D ln 2)`."""
+        return self._bits_per_dim(self.log_prob(images, labels))
+
+    def _log_prob(self, eps_list, log_det):
+        return log_det + sum(standard_normal_log_prob(eps) for eps in eps_list)
+
+    def _bits_per_dim(self, log_prob):
+        dims = float(self.num_dims)
+        return (-log_prob + dims * math.log(self.num_bins)) / (dims * LN2)
+
+    def call(self, inputs, training=None):
+        images, labels = unpack_inputs(inputs)
+        eps_list, log_det, z_top = self.encode_with_top(images, labels, training=training)
+        bits = self._bits_per_dim(self._log_prob(eps_list, log_det))
+        objective = ops.mean(bits)
+        if self.classifier_weight:
+            objective = objective + self.classifier_weight * ops.mean(
+                self._classifier_bits(z_top, labels))
+        self.add_loss(objective)
+        return bits
+
+    def _classifier_bits(self, z_top, labels):
+        """openai/glow's `bits_y`: cross-entropy of a zero-init linear classifier on mean(z_top)."""
+        features = ops.mean(z_top, axis=(1, 2), keepdims=True)
+        logits = ops.cast(ops.reshape(self.classifier(features), (-1, self.num_classes)),
+                          "float32")
+        xent = keras.losses.sparse_categorical_crossentropy(
+            ops.cast(labels, "int32"), logits, from_logits=True)
+        return xent / LN2
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        self.bits_per_dim_tracker.update_state(y_pred)
+        return super().compute_metrics(x, y, y_pred, sample_weight)
+
+    # --- initialisation and sampling --------------------------------------------------------
+    def initialize(self, images, labels=None):
+        """Data-dependent initialisation of every actnorm, in network order, on one batch.
+
+        Runs one eager forward pass in which each not-yet-initialised `Actnorm` sets its bias
+        and scale from the activations it receives (which the layers before it have already
+        normalised), as openai/glow does. Layers that are already initialised (e.g. after a
+        reload) keep their values. Call it once before `fit`, outside any compiled function;
+        under a `tf.distribute` strategy call it inside `strategy.scope()` (not in a replica
+        context): the values are then the same on every replica.
+
+        Args:
+            images: `(batch_size, H, W, C)` preprocessed (dequantised) training images.
+            labels: int `(batch_size,)` for a class-conditional model.
+        """
+        images = ops.convert_to_tensor(images)
+        if not self.built:
+            self.build(tuple(images.shape))
+        with data_dependent_init():
+            self.encode_with_top(ops.cast(images, self.compute_dtype), labels, training=True)
+
+    def latent_noise(self, num_samples, temperature=1.0, seed=None):
+        """Standard normal latents scaled by `temperature`, one per level (float32)."""
+        self.check_built()
+        if isinstance(temperature, (int, float)) and temperature < 0:
+            raise ValueError(f"temperature must be >= 0; got {temperature}.")
+        noise = []
+        for index, shape in enumerate(self.latent_shapes):
+            level_seed = None if seed is None else int(seed) * 1009 + index
+            noise.append(keras.random.normal((num_samples,) + tuple(shape), stddev=temperature,
+                                             seed=level_seed, dtype="float32"))
+        return noise
+
+    def sample(self, num_samples, temperature=1.0, seed=None, labels=None):
+        """Draws `num_samples` images: `decode(eps)` with `eps ~ N(0, temperature^2 I)` at every
+        level (openai/glow's temperature; means and scales of the priors stay learned).
+
+        Returns: `(num_samples, H, W, C)` images in about [-0.5, 0.5] (see
+        `keras_flow.preprocessing.postprocess` for uint8).
+        """
+        if self.num_classes and labels is None:
+            raise ValueError(
+                f"This model is class-conditional (num_classes={self.num_classes}); pass "
+                "labels, int (num_samples,).")
+        return self.decode(self.latent_noise(num_samples, temperature, seed), labels)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_bins=self.num_bins, num_classes=self.num_classes,
+                      classifier_weight=self.classifier_weight, image_shape=self.image_shape,
+                      seed=self.seed)
+        return config

@@ -1,0 +1,171 @@
+"""Glow (Kingma & Dhariwal 2018), as openai/glow builds it."""
+
+import keras
+
+from keras_flow.layers.flow_step import COUPLINGS
+from keras_flow.layers.flow_step import PERMUTATIONS
+from keras_flow.layers.flow_step import FlowStep
+from keras_flow.layers.priors import Split2D
+from keras_flow.layers.priors import TopPrior
+from keras_flow.layers.squeeze import Squeeze
+from keras_flow.models.flow_model import FlowModel
+from keras_flow.models.flow_model import image_input_shape
+from keras_flow.models.presets import GLOW_PRESETS
+from keras_flow.models.presets import preset_config
+
+
+@keras.saving.register_keras_serializable(package="keras_flow")
+class Glow(FlowModel):
+    """Glow's multi-scale flow (openai/glow `codec`), data -> latent:
+
+        z = x
+        for level in 1..L:
+            z = squeeze(z)                               (H, W, C) -> (H/2, W/2, 4C)
+            z = step_K(...step_1(z))                     actnorm -> permutation -> coupling
+            if level < L: z, eps_level = split(z)        learned conditional prior
+        eps_top = top_prior(z)                           learned (and class-conditional)
+
+    The latents: `eps_1 .. eps_{L-1}` of shape `(H/2^l, W/2^l, 2^l C)` and the top one of shape
+    `(H/2^L, W/2^L, 2^(L+1) C)`, each ~ N(0, I) under the model. See `FlowModel` for the
+    likelihood, `call`/`add_loss`, `initialize`, `encode`/`decode`, `log_prob`, `bits_per_dim`
+    and `sample`.
+
+    Args:
+        levels: L, the number of scales (3).
+        depth: K, steps of flow per level (32).
+        hidden_width: coupling network width (512).
+        permutation: `"reverse"`, `"shuffle"` or `"conv1x1"` (default).
+        lu_decomposed: LU-parameterised 1x1 convolution (True; False is openai/glow's plain W).
+        coupling: `"affine"` (default) or `"additive"`.
+        learn_top: learn the top prior (True).
+        num_classes: > 0 for a class-conditional top prior (openai/glow `ycond`).
+        classifier_weight: weight of the class-prediction loss (openai/glow `weight_y`).
+        num_bins: quantisation levels of the data (256 for 8 bits; 32 for 5 bits).
+        edge_padding: openai/glow's border channel in every 3x3 conv (True).
+        image_shape: `(H, W, C)`; when given the model is built at once.
+        seed: seeds the shuffles and the 1x1 convolutions (each step its own).
+
+    Example:
+        >>> model = keras_flow.Glow(levels=2, depth=4, hidden_width=64, image_shape=(8, 8, 1))
+        >>> model.initialize(x_init)
+        >>> model.compile(optimizer="adamax")
+        >>> model.fit(train_dataset)
+        >>> images = model.sample(16, temperature=0.7)
+
+    Reference: Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions",
+    arXiv:1807.03039; openai/glow.
+    """
+
+    def __init__(self, levels=3, depth=32, hidden_width=512, permutation="conv1x1",
+                 lu_decomposed=True, coupling="affine", learn_top=True, num_classes=0,
+                 classifier_weight=0.0, num_bins=256, edge_padding=True, image_shape=None,
+                 seed=0, **kwargs):
+        super().__init__(num_bins=num_bins, num_classes=num_classes,
+                         classifier_weight=classifier_weight, image_shape=image_shape,
+                         seed=seed, **kwargs)
+        if int(levels) < 1 or int(depth) < 1 or int(hidden_width) < 1:
+            raise ValueError(
+                f"Glow needs levels >= 1, depth >= 1 and hidden_width >= 1; got levels={levels}, "
+                f"depth={depth}, hidden_width={hidden_width}.")
+        if permutation not in PERMUTATIONS:
+            raise ValueError(f"Unknown permutation {permutation!r}; choose one of {PERMUTATIONS}.")
+        if coupling not in COUPLINGS:
+            raise ValueError(f"Unknown coupling {coupling!r}; choose one of {COUPLINGS}.")
+        self.levels = int(levels)
+        self.depth = int(depth)
+        self.hidden_width = int(hidden_width)
+        self.permutation = permutation
+        self.lu_decomposed = bool(lu_decomposed)
+        self.coupling = coupling
+        self.learn_top = bool(learn_top)
+        self.edge_padding = bool(edge_padding)
+        policy = self.dtype_policy
+        self.squeezes = [Squeeze(name=f"squeeze_{i}", dtype=policy) for i in range(self.levels)]
+        self.steps = [
+            [FlowStep(self.hidden_width, permutation, coupling, self.lu_decomposed,
+                      seed=self.seed * 100003 + i * 1000 + k, edge_padding=self.edge_padding,
+                      name=f"step_{i}_{k}", dtype=policy)
+             for k in range(self.depth)]
+            for i in range(self.levels)]
+        self.splits = [Split2D(edge_padding=self.edge_padding, name=f"split_{i}", dtype=policy)
+                       for i in range(self.levels - 1)]
+        self.top_prior = TopPrior(self.learn_top, self.num_classes, self.edge_padding,
+                                  name="top_prior", dtype=policy)
+        if any(not step.supports_jit for level in self.steps for step in level):
+            self.supports_jit = False
+        if self.image_shape is not None:
+            self.build((None,) + self.image_shape)
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """A Glow configured as one of `keras_flow.models.presets.GLOW_PRESETS`."""
+        return cls(**preset_config(GLOW_PRESETS, name, overrides))
+
+    def build(self, input_shape):
+        shape = image_input_shape(input_shape)
+        self.validate_image_shape(shape, self.levels)
+        self.image_shape = tuple(int(d) for d in shape[1:])
+        batch, height, width, channels = (None,) + self.image_shape
+        latent_shapes = []
+        for level in range(self.levels):
+            height, width, channels = height // 2, width // 2, channels * 4
+            self.squeezes[level].build((batch, height * 2, width * 2, channels // 4))
+            for step in self.steps[level]:
+                step.build((batch, height, width, channels))
+            if level < self.levels - 1:
+                self.splits[level].build((batch, height, width, channels))
+                latent_shapes.append((height, width, channels // 2))
+                channels -= channels // 2
+        self.top_prior.build((batch, height, width, channels))
+        latent_shapes.append((height, width, channels))
+        if self.classifier_weight:
+            self.classifier.build((batch, 1, 1, channels))
+        self.latent_shapes = latent_shapes
+        self.built = True
+
+    def encode_with_top(self, images, labels=None, training=None):
+        z, eps_list, log_det = images, [], 0.0
+        for level in range(self.levels):
+            z, _ = self.squeezes[level](z)
+            for step in self.steps[level]:
+                z, step_log_det = step(z)
+                log_det = log_det + step_log_det
+            if level < self.levels - 1:
+                (z, eps), split_log_det = self.splits[level](z)
+                eps_list.append(eps)
+                log_det = log_det + split_log_det
+        eps, top_log_det = self.top_prior(z, labels=labels)
+        eps_list.append(eps)
+        return eps_list, log_det + top_log_det, z
+
+    def decode(self, eps_list, labels=None):
+        """Standardised latents -> images, the exact inverse of `encode`.
+
+        Args:
+            eps_list: one latent per level, shapes `self.latent_shapes` with a batch axis.
+            labels: int `(batch_size,)` for a class-conditional model.
+
+        Returns: images `(batch_size, H, W, C)` in the compute dtype.
+        """
+        self.check_built()
+        if len(eps_list) != self.levels:
+            raise ValueError(
+                f"decode needs {self.levels} latents (one per level, shapes "
+                f"{self.latent_shapes}); received {len(eps_list)}. Use encode()'s full list, "
+                "or sample() to draw the missing levels.")
+        z, _ = self.top_prior(eps_list[-1], inverse=True, labels=labels)
+        for level in reversed(range(self.levels)):
+            if level < self.levels - 1:
+                z, _ = self.splits[level]((z, eps_list[level]), inverse=True)
+            for step in reversed(self.steps[level]):
+                z, _ = step(z, inverse=True)
+            z, _ = self.squeezes[level](z, inverse=True)
+        return z
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(levels=self.levels, depth=self.depth, hidden_width=self.hidden_width,
+                      permutation=self.permutation, lu_decomposed=self.lu_decomposed,
+                      coupling=self.coupling, learn_top=self.learn_top,
+                      edge_padding=self.edge_padding)
+        return config

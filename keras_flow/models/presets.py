@@ -1,0 +1,55 @@
+"""Named configurations that reproduce the originals' runs (openai/glow README, RealNVP paper).
+
+Each preset is the constructor arguments of the model plus `image_shape`; `n_bits` is the data
+quantisation the original used (`num_bins = 2**n_bits`) and `batch_size` the original global
+batch, for the training command. `from_preset(name, **overrides)` builds the model.
+"""
+
+GLOW_PRESETS = {
+    # openai/glow README quantitative runs (affine coupling, learned 1x1 conv, learntop, 8 bits).
+    "cifar10": dict(image_shape=(32, 32, 3), levels=3, depth=32, hidden_width=512,
+                    coupling="affine", n_bits=8, batch_size=512),
+    "imagenet32": dict(image_shape=(32, 32, 3), levels=3, depth=48, hidden_width=512,
+                       coupling="affine", n_bits=8, batch_size=512),
+    "imagenet64": dict(image_shape=(64, 64, 3), levels=4, depth=48, hidden_width=512,
+                       coupling="affine", n_bits=8, batch_size=128),
+    "lsun64": dict(image_shape=(64, 64, 3), levels=3, depth=48, hidden_width=512,
+                   coupling="affine", n_bits=8, batch_size=128),
+    # openai/glow README qualitative run (additive coupling, 5 bits, 40 GPUs for a week).
+    "celeba_hq_256": dict(image_shape=(256, 256, 3), levels=6, depth=32, hidden_width=512,
+                          coupling="additive", n_bits=5, batch_size=40),
+    # The OpenAI blog post's small face models (additive, 5 bits).
+    "faces32": dict(image_shape=(32, 32, 3), levels=3, depth=6, hidden_width=512,
+                    coupling="additive", n_bits=5, batch_size=64),
+    "faces64": dict(image_shape=(64, 64, 3), levels=3, depth=10, hidden_width=512,
+                    coupling="additive", n_bits=5, batch_size=64),
+    # keras_flow's default for the embedded 8x8 digits (tuned for a few CPU minutes).
+    "digits": dict(image_shape=(8, 8, 1), levels=2, depth=8, hidden_width=64,
+                   coupling="affine", n_bits=8, batch_size=64),
+}
+
+REALNVP_PRESETS = {
+    # RealNVP paper section 4.1: CIFAR-10 "downscales only once", 8 blocks, 64 features.
+    "cifar10": dict(image_shape=(32, 32, 3), levels=2, hidden_width=64, residual_blocks=8,
+                    n_bits=8, batch_size=64),
+    # 32x32: 4 residual blocks, 32 features in the first couplings; 4 scales (RealNVP code).
+    "imagenet32": dict(image_shape=(32, 32, 3), levels=4, hidden_width=32, residual_blocks=4,
+                       n_bits=8, batch_size=64),
+    # 64x64: 2 residual blocks (paper), 5 scales (RealNVP code README).
+    "imagenet64": dict(image_shape=(64, 64, 3), levels=5, hidden_width=32, residual_blocks=2,
+                       n_bits=8, batch_size=64),
+    "celeba64": dict(image_shape=(64, 64, 3), levels=5, hidden_width=32, residual_blocks=2,
+                     n_bits=8, batch_size=64),
+}
+
+TRAINING_KEYS = ("n_bits", "batch_size")
+
+
+def preset_config(presets, name, overrides):
+    """Constructor arguments of preset `name` with `overrides` applied."""
+    if name not in presets:
+        raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(presets)}.")
+    config = {k: v for k, v in presets[name].items() if k not in TRAINING_KEYS}
+    config["num_bins"] = 2 ** presets[name]["n_bits"]
+    config.update(overrides)
+    return config
