@@ -14,6 +14,10 @@ def test_split_contract(tmp_path):
     run_flow_checks(Split2D, (4, 8, 8, 6), tmp_path, perturb_scale=0.1, output_dtype=None)
 
 
+def test_unlearned_split_contract(tmp_path):
+    run_flow_checks(lambda **kw: Split2D(learned=False, **kw), (4, 8, 8, 5), tmp_path)
+
+
 def test_top_prior_contract(tmp_path):
     run_flow_checks(TopPrior, (4, 8, 8, 6), tmp_path, perturb_scale=0.1, output_dtype="float32")
 
