@@ -1,8 +1,8 @@
 """keras_flow: Glow and RealNVP normalizing flows as Keras 3 layers and models.
 
 Backend-neutral core (`layers`, `models`) in `keras.ops`; TensorFlow-only pieces (`data`,
-`preprocessing`, `training`, `export`) are imported on first use, so the core also runs on
-Keras's JAX backend without TensorFlow installed.
+`preprocessing`, `training`, and `export` from `keras_flow.saved_model`) are imported on first
+use, so the core also runs on Keras's JAX backend without TensorFlow installed.
 """
 
 import importlib
@@ -14,12 +14,12 @@ from keras_flow.models import RealNVP
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = ("data", "preprocessing", "training", "export")
+_LAZY_MODULES = ("data", "preprocessing", "training")
 
 
 def __getattr__(name):
     if name in _LAZY_MODULES:
         return importlib.import_module(f"keras_flow.{name}")
-    if name == "export_model":
-        return importlib.import_module("keras_flow.export").export_model
+    if name == "export":
+        return importlib.import_module("keras_flow.saved_model").export
     raise AttributeError(f"module 'keras_flow' has no attribute {name!r}")
