@@ -1,0 +1,122 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_flow import RealNVP
+from keras_flow.layers import BatchNormFlow
+from keras_flow.models import REALNVP_PRESETS
+from keras_flow.models.presets import preset_config
+from tests.flow_checks import preprocessed_images
+from tests.models.model_checks import check_gradients
+from tests.models.model_checks import check_realistic_round_trip
+from tests.models.model_checks import check_sampling
+from tests.models.model_checks import check_trained_model_persists
+from tests.models.model_checks import fit_history
+from tests.models.model_checks import perturbed_model
+from tests.models.model_checks import to_numpy
+
+SMALL = dict(levels=2, hidden_width=4, residual_blocks=1, image_shape=(4, 4, 2))
+
+
+def small_perturbed_real_nvp(scale=0.1, **overrides):
+    return perturbed_model(lambda: RealNVP(**{**SMALL, **overrides}), (16, 4, 4, 2), scale=scale)
+
+
+def batch_norm_statistics(model):
+    return [to_numpy(w) for w in model.non_trainable_weights if "moving" in w.path]
+
+
+def test_round_trip_at_realistic_depth():
+    """3 scales on 32x32x3 with weights moved off their initial values: decode(encode(x)) == x."""
+    check_realistic_round_trip(
+        lambda: RealNVP(levels=3, hidden_width=8, residual_blocks=1, image_shape=(32, 32, 3)),
+        scale=0.05, latent_shapes=[(16, 16, 6), (8, 8, 12), (8, 8, 12)])
+
+
+def test_architecture_of_the_paper():
+    """Per scale 3 checkerboard couplings, squeeze, 3 channel couplings, each followed by batch
+    norm; 4 checkerboard couplings at the last scale; widths double per scale."""
+    model = RealNVP(levels=3, hidden_width=4, residual_blocks=2, image_shape=(8, 8, 1))
+    names = [[flow.name for flow in scale["flows"]] for scale in model.scales]
+    assert names[0] == ["scale_0_checker_0", "scale_0_checker_0_bn", "scale_0_checker_1",
+                        "scale_0_checker_1_bn", "scale_0_checker_2", "scale_0_checker_2_bn",
+                        "scale_0_squeeze", "scale_0_channel_0", "scale_0_channel_0_bn",
+                        "scale_0_channel_1", "scale_0_channel_1_bn", "scale_0_channel_2",
+                        "scale_0_channel_2_bn"]
+    assert len(names[2]) == 8 and model.scales[2]["split"] is None
+    couplings = [f for s in model.scales for f in s["flows"] if hasattr(f, "mask")]
+    assert [c.mask_parity for c in couplings[:6]] == [0, 1, 0, 0, 1, 0]
+    assert [c.hidden_width for c in couplings] == [4] * 3 + [8] * 3 + [8] * 3 + [16] * 3 + [16] * 4
+    assert all(c.residual_blocks == 2 for c in couplings)
+
+
+def test_encode_uses_batch_norm_in_inference_mode():
+    model = small_perturbed_real_nvp()
+    x = preprocessed_images((4, 4, 4, 2), seed=2)
+    statistics = batch_norm_statistics(model)
+    first = to_numpy(model.log_prob(x))
+    np.testing.assert_array_equal(to_numpy(model.log_prob(x[:2])), first[:2])  # no batch stats
+    for before, after in zip(statistics, batch_norm_statistics(model)):
+        np.testing.assert_array_equal(before, after)
+    assert any(isinstance(f, BatchNormFlow) for s in model.scales for f in s["flows"])
+
+
+def test_trains_with_the_add_loss_objective():
+    model = small_perturbed_real_nvp(scale=0.05)
+    x = preprocessed_images((32, 4, 4, 2), seed=3)
+    check_gradients(model, x)
+    statistics = batch_norm_statistics(model)
+    losses = fit_history(model, x, epochs=2, optimizer=keras.optimizers.SGD(1e-2),
+                         run_eagerly=True)["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    # fit runs batch norm in training mode: the moving statistics move.
+    assert any(np.max(np.abs(a - b)) > 0 for a, b in zip(statistics, batch_norm_statistics(model)))
+
+
+def test_save_load_and_config_of_a_trained_real_nvp(tmp_path):
+    check_trained_model_persists(RealNVP(**SMALL),
+                                 preprocessed_images((16, 4, 4, 2), seed=6), tmp_path, epochs=1)
+
+
+def test_unbuilt_config_round_trip():
+    model = RealNVP(levels=3, hidden_width=6, residual_blocks=2, num_bins=32, seed=4)
+    config = model.get_config()
+    assert "num_classes" not in config and "classifier_weight" not in config
+    clone = RealNVP.from_config(config)
+    assert clone.get_config() == config and not clone.built
+
+
+def test_sampling():
+    check_sampling(small_perturbed_real_nvp(scale=0.05))
+
+
+def test_invalid_arguments_raise_with_the_fix():
+    model = RealNVP(**SMALL)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        model.sample(2, temperature=-1.0)
+    eps_list, _ = model.encode(preprocessed_images((2, 4, 4, 2)))
+    with pytest.raises(ValueError, match=r"decode needs 2 latents .*\(2, 2, 4\), \(2, 2, 4\)"):
+        model.decode(eps_list[:1])
+    with pytest.raises(ValueError, match="not divisible by 2\\*\\*levels = 4.*Pad or resize"):
+        RealNVP(levels=3, hidden_width=2, residual_blocks=1, image_shape=(6, 6, 3))
+    with pytest.raises(ValueError, match="levels >= 1"):
+        RealNVP(levels=0)
+
+
+@pytest.mark.parametrize("name", sorted(REALNVP_PRESETS))
+def test_every_preset_constructs(name):
+    config = preset_config(REALNVP_PRESETS, name, {})
+    assert config["num_bins"] == 2 ** REALNVP_PRESETS[name]["n_bits"]
+    model = RealNVP.from_preset(name, image_shape=None)
+    assert not model.built
+    got = model.get_config()
+    for key in ("levels", "hidden_width", "residual_blocks", "num_bins"):
+        assert got[key] == config[key], key
+
+
+def test_preset_builds_with_overrides():
+    model = RealNVP.from_preset("cifar10", image_shape=(8, 8, 3), hidden_width=2,
+                                residual_blocks=1)
+    assert model.levels == 2 and model.latent_shapes == [(4, 4, 6), (4, 4, 6)]
+    with pytest.raises(ValueError, match="Unknown preset"):
+        RealNVP.from_preset("mnist")
