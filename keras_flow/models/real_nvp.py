@@ -45,8 +45,9 @@ class RealNVP(FlowModel):
 
     def __init__(self, levels=4, hidden_width=32, residual_blocks=4, num_bins=256,
                  image_shape=None, seed=0, **kwargs):
-        kwargs.pop("num_classes", None)
-        kwargs.pop("classifier_weight", None)
+        if kwargs.pop("num_classes", 0) or kwargs.pop("classifier_weight", 0):
+            raise ValueError(
+                "RealNVP has no class-conditional prior; use Glow(num_classes=...) for labels.")
         super().__init__(num_bins=num_bins, image_shape=None, seed=seed, **kwargs)
         if int(levels) < 1 or int(hidden_width) < 1 or int(residual_blocks) < 1:
             raise ValueError(

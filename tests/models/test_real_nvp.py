@@ -120,3 +120,8 @@ def test_preset_builds_with_overrides():
     assert model.levels == 2 and model.latent_shapes == [(4, 4, 6), (4, 4, 6)]
     with pytest.raises(ValueError, match="Unknown preset"):
         RealNVP.from_preset("mnist")
+
+
+def test_labels_are_refused_with_a_pointer_to_glow():
+    with pytest.raises(ValueError, match="Glow"):
+        RealNVP(levels=1, hidden_width=4, residual_blocks=1, num_classes=3)
