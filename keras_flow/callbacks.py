@@ -1,0 +1,440 @@
+"""Training callbacks: held-out bits/dim, best weights, samples, curves, checkpoints, time limit.
+
+They share one `StepCounter` (global training steps, resumed from a checkpoint) and write every
+file atomically (`keras_flow.files`), so a kill at any moment leaves whole files. When the
+optimizer keeps an exponential moving average of the weights (`use_ema`), everything that
+evaluates the model (held-out bits/dim, best weights, samples) swaps the averages in for the
+evaluation (`ema_weights`) and back out for training.
+"""
+
+import contextlib
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_flow import files
+from keras_flow.image_grid import make_grid
+from keras_flow.image_grid import save_png
+
+CHECKPOINT_STATE = "state.json"
+CHECKPOINT_PATTERN = "ckpt-*.weights.h5"
+GRID_BORDER = 96  # grey frame around each sample of a grid
+
+
+@contextlib.contextmanager
+def ema_weights(model):
+    """Swaps the optimizer's moving averages into `model` for the block (no-op without EMA)."""
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    if not getattr(optimizer, "use_ema", False) or not optimizer.built:
+        yield
+        return
+    pairs = list(zip(model.trainable_variables, optimizer._model_variables_moving_average))
+    _swap(pairs)
+    try:
+        yield
+    finally:
+        _swap(pairs)
+
+
+def _swap(pairs):
+    for variable, average in pairs:
+        value = variable.numpy()
+        variable.assign(average)
+        average.assign(value)
+
+
+@contextlib.contextmanager
+def deferred_ema_finalize(model):
+    """Keeps `fit` from copying the EMA weights into the model when it returns.
+
+    `fit` ends with `optimizer.finalize_variable_values`, which overwrites the weights with
+    their averages; training in several `fit` calls (resuming mid-epoch) must not do that
+    between calls. Call `model.optimizer.finalize_variable_values(...)` once at the end.
+    """
+    optimizer = model.optimizer
+    optimizer.finalize_variable_values = lambda var_list: None
+    try:
+        yield
+    finally:
+        del optimizer.finalize_variable_values
+
+
+class StepCounter(keras.callbacks.Callback):
+    """Global training steps (batches) so far, counting those before a resume.
+
+    Put it first in the callback list: the others read `step` and `epoch` from it.
+    """
+
+    def __init__(self, initial_step=0):
+        super().__init__()
+        self.step = int(initial_step)
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stops training after `max_seconds` of wall-clock time (from the first `fit`'s start).
+
+    The stop comes after the current step; the epoch then ends as usual (held-out evaluation,
+    checkpoint), and `reached` tells the caller that the limit, not the epoch count, ended it.
+    """
+
+    def __init__(self, max_seconds):
+        super().__init__()
+        self.max_seconds = float(max_seconds)
+        self.start = None
+        self.reached = False
+
+    def on_train_begin(self, logs=None):
+        if self.start is None:
+            self.start = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.monotonic() - self.start >= self.max_seconds:
+            self.reached = True
+            self.model.stop_training = True
+
+
+class TimedEvaluation(keras.callbacks.Callback):
+    """Evaluates bits/dim on `dataset` at fixed amounts of training time, then stops.
+
+    Training time runs from the start of `fit` (graph tracing included) and excludes the
+    evaluations themselves, so runs of different speeds compare at equal training budgets.
+    At each point `report` receives `{"training_seconds", "steps", "train_bits_per_dim"
+    (the epoch's running mean), "test_bits_per_dim", "eval_seconds"}`; training stops after
+    the last point, or at a non-finite loss (reported with `"diverged": True`).
+
+    Args:
+        dataset: held-out `tf.data.Dataset`.
+        points: training seconds at which to evaluate, e.g. `(120, 240, 360, 480, 600)`.
+        report: called with each point's dict (e.g. to print a JSON line).
+    """
+
+    def __init__(self, dataset, points, report):
+        super().__init__()
+        self.dataset = dataset
+        self.points = sorted(float(p) for p in points)
+        self.report = report
+        self.results = []
+        self.steps = 0
+        self._start = None
+        self._excluded = 0.0
+
+    def training_seconds(self):
+        return time.monotonic() - self._start - self._excluded
+
+    def on_train_begin(self, logs=None):
+        self._start = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            self._emit({"diverged": True, "loss": float(loss)}, logs)
+            self.model.stop_training = True
+        elif len(self.results) < len(self.points) and (
+                self.training_seconds() >= self.points[len(self.results)]):
+            evaluated = time.monotonic()
+            with ema_weights(self.model):
+                test = evaluate_bits_per_dim(self.model, self.dataset)
+            self._excluded += time.monotonic() - evaluated
+            self._emit({"test_bits_per_dim": round(test, 4),
+                        "eval_seconds": round(time.monotonic() - evaluated, 1)}, logs)
+            if len(self.results) == len(self.points):
+                self.model.stop_training = True
+
+    def _emit(self, values, logs):
+        train = (logs or {}).get("bits_per_dim")
+        result = {"training_seconds": round(self.training_seconds(), 1), "steps": self.steps,
+                  "train_bits_per_dim": None if train is None else round(float(train), 4),
+                  **values}
+        self.results.append(result)
+        self.report(result)
+
+
+class HeldOutBitsPerDim(keras.callbacks.Callback):
+    """Adds `val_bits_per_dim` and `test_bits_per_dim` to the epoch logs.
+
+    Evaluates each held-out dataset (fixed dequantisation noise) with the EMA weights when the
+    optimizer keeps them. Put it before the callbacks that read these logs.
+
+    Args:
+        datasets: `{log_name: tf.data.Dataset or None}`, e.g.
+            `{"val_bits_per_dim": data.validation, "test_bits_per_dim": data.test}`.
+    """
+
+    def __init__(self, datasets):
+        super().__init__()
+        self.datasets = {name: ds for name, ds in datasets.items() if ds is not None}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(self.evaluate())
+
+    def evaluate(self):
+        with ema_weights(self.model):
+            return {name: evaluate_bits_per_dim(self.model, dataset)
+                    for name, dataset in self.datasets.items()}
+
+
+def evaluate_bits_per_dim(model, dataset):
+    """Mean bits/dim of `model` over `dataset` (float)."""
+    return float(model.evaluate(dataset, verbose=0, return_dict=True)["bits_per_dim"])
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Saves the weights whenever `monitor` (validation bits/dim) reaches a new minimum.
+
+    The weights (EMA ones when the optimizer keeps them) go to `<folder>/best.weights.npz` and
+    the value to `<folder>/best.json`, both atomically, so a resumed run knows the best so far.
+    `restore(model)` loads them at the end of training. Never monitor the test set.
+    """
+
+    def __init__(self, folder, counter, monitor="val_bits_per_dim"):
+        super().__init__()
+        self.folder = Path(folder)
+        self.counter = counter
+        self.monitor = monitor
+        self.record = files.read_json(self.folder / "best.json")
+
+    @property
+    def best(self):
+        return np.inf if self.record is None else self.record[self.monitor]
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not np.isfinite(value) or value >= self.best:
+            return
+        with ema_weights(self.model):
+            weights = self.model.get_weights()
+        with files.atomic_path(self.folder / "best.weights.npz") as temporary:
+            np.savez(temporary, *weights)
+        self.record = {self.monitor: float(value), "epoch": epoch + 1, "step": self.counter.step}
+        files.write_json(self.folder / "best.json", self.record)
+
+    def restore(self, model):
+        """Loads the best weights into `model`; returns False when there are none."""
+        path = self.folder / "best.weights.npz"
+        if self.record is None or not path.exists():
+            return False
+        with np.load(path) as archive:
+            model.set_weights([archive[f"arr_{i}"] for i in range(len(archive.files))])
+        return True
+
+
+class SampleGrids(keras.callbacks.Callback):
+    """Writes a grid of samples per temperature each epoch, as PNG files and to TensorBoard.
+
+    Files: `<folder>/epoch_0003_T0.7.png` (one per epoch and temperature); TensorBoard images
+    `samples/T=0.7` in `<log_dir>/samples`. The latent noise has a fixed seed, so the grids
+    of successive epochs show the same latents decoded by the evolving model.
+
+    Args:
+        folder: where the PNG files go.
+        temperatures: e.g. `(0.0, 0.5, 0.7, 0.8, 1.0)`.
+        n_bits: the data's bits per channel, for `postprocess`.
+        num_samples: images per grid.
+        log_dir: TensorBoard folder (None: no TensorBoard images).
+        seed: seed of the latent noise.
+    """
+
+    def __init__(self, folder, temperatures, n_bits, num_samples=64, log_dir=None, seed=0):
+        super().__init__()
+        self.folder = Path(folder)
+        self.temperatures = tuple(float(t) for t in temperatures)
+        self.n_bits = int(n_bits)
+        self.num_samples = int(num_samples)
+        self.log_dir = log_dir
+        self.seed = int(seed)
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        with ema_weights(self.model):
+            grids = write_sample_grids(self.model, self.folder, self.temperatures, self.n_bits,
+                                       self.num_samples, self.seed,
+                                       prefix=f"epoch_{epoch + 1:04d}_")
+        if self.log_dir is not None:
+            self._write_summaries(grids, epoch)
+
+    def _write_summaries(self, grids, epoch):
+        import tensorflow as tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(Path(self.log_dir) / "samples"))
+        with self._writer.as_default():
+            for temperature, grid in grids.items():
+                image = grid if grid.ndim == 3 else grid[..., None]
+                tf.summary.image(f"samples/T={temperature:g}", image[None], step=epoch)
+        self._writer.flush()
+
+
+def write_sample_grids(model, folder, temperatures, n_bits, num_samples=64, seed=0, prefix=""):
+    """Writes `<folder>/<prefix>T<t>.png`, a grid of samples per temperature `t`.
+
+    All temperatures decode the same standard normal noise (seeded) scaled by `t`, in one
+    batch. Each sample gets a one-pixel grey frame; small grids are enlarged to >= 256 px. A class-conditional model gets labels `0, 1, ..., C-1, 0, ...` and `C` columns, so
+    each column shows one class.
+
+    Returns:
+        `{temperature: uint8 grid}`.
+    """
+    from keras_flow.preprocessing import postprocess
+
+    temperatures = tuple(float(t) for t in temperatures)
+    noise = model.latent_noise(num_samples, 1.0, seed)
+    eps_list = [ops.concatenate([eps * t for t in temperatures]) for eps in noise]
+    labels, columns = None, None
+    if model.num_classes:
+        labels = np.tile(np.arange(num_samples, dtype="int32") % model.num_classes,
+                         len(temperatures))
+        columns = model.num_classes
+    images = np.asarray(postprocess(model.decode(eps_list, labels), n_bits))
+    images = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=GRID_BORDER)
+    grids = {}
+    for index, temperature in enumerate(temperatures):
+        grid = _enlarged(make_grid(images[index * num_samples:(index + 1) * num_samples],
+                                   columns))
+        with files.atomic_path(Path(folder) / f"{prefix}T{temperature:g}.png") as temporary:
+            save_png(grid, temporary)
+        grids[temperature] = grid
+    return grids
+
+
+def _enlarged(grid, min_width=256):
+    """Small grids (e.g. of 8x8 digits) repeated pixel by pixel to at least `min_width` wide."""
+    factor = max(1, -(-min_width // grid.shape[1]))
+    return np.repeat(np.repeat(grid, factor, axis=0), factor, axis=1)
+
+
+class MetricsHistory(keras.callbacks.Callback):
+    """Per-epoch metrics in `<folder>/history.json` and the bits/dim curves in a PNG.
+
+    Each record: `epoch` (1-based), `step`, `seconds` (since this process started training)
+    and every scalar in the epoch logs (`bits_per_dim`, `val_bits_per_dim`,
+    `test_bits_per_dim`, `learning_rate`, ...). A resumed run keeps the records of the epochs
+    before the one it resumes in.
+    """
+
+    def __init__(self, folder, counter, resume_epoch=0, plot_name="bits_per_dim.png"):
+        super().__init__()
+        self.folder = Path(folder)
+        self.counter = counter
+        self.plot_name = plot_name
+        previous = files.read_json(self.folder / "history.json", [])
+        self.records = [record for record in previous if record["epoch"] <= resume_epoch]
+        self.start = None
+
+    def on_train_begin(self, logs=None):
+        if self.start is None:
+            self.start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = {"epoch": epoch + 1, "step": self.counter.step,
+                  "seconds": round(time.monotonic() - self.start, 3)}
+        record.update({k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0})
+        record["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
+        self.records.append(record)
+        files.write_json(self.folder / "history.json", self.records)
+        plot_bits_per_dim(self.records, self.folder / self.plot_name)
+
+
+def plot_bits_per_dim(records, path):
+    """Plots train / validation / test bits/dim against the epoch into a PNG (Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    epochs = [record["epoch"] for record in records]
+    for key, label in (("bits_per_dim", "train"), ("val_bits_per_dim", "validation"),
+                       ("test_bits_per_dim", "test")):
+        values = [record.get(key, np.nan) for record in records]
+        if not np.all(np.isnan(values)):
+            axis.plot(epochs, values, marker=".", label=label)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("bits/dim")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    with files.atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Saves the full training state every `every` steps, at each epoch end and at the end.
+
+    State = model and optimizer variables (`ckpt-<step>.weights.h5`, which includes the
+    optimizer's step count, moments and EMA) plus `state.json` naming that file and the
+    global step; the file is written before the state that names it, and older files are
+    deleted after, so a kill at any moment leaves one consistent pair. `restore` reloads it.
+
+    Args:
+        folder: the checkpoint folder (`<out>/checkpoints`).
+        counter: the run's `StepCounter`.
+        every: steps between checkpoints (0: epoch ends and the end of training only).
+        total_steps: the step count of a complete run (marks the final state finished).
+        time_limit: the run's `TimeLimit` callback, or None.
+    """
+
+    def __init__(self, folder, counter, every, total_steps, time_limit=None):
+        super().__init__()
+        self.folder = Path(folder)
+        self.counter = counter
+        self.every = int(every)
+        self.total_steps = int(total_steps)
+        self.time_limit = time_limit
+        self.saved_step = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every and self.counter.step % self.every == 0:
+            self.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.save()
+
+    def on_train_end(self, logs=None):
+        self.save(finished=self.finished)
+
+    @property
+    def finished(self):
+        limit_reached = self.time_limit is not None and self.time_limit.reached
+        return limit_reached or self.counter.step >= self.total_steps
+
+    def save(self, finished=False):
+        step = self.counter.step
+        if step == self.saved_step and not finished:
+            return
+        name = f"ckpt-{step:09d}.weights.h5"
+        with files.atomic_path(self.folder / name) as temporary:
+            self.model.save_weights(temporary)
+        files.write_json(self.folder / CHECKPOINT_STATE,
+                         {"weights": name, "step": step, "finished": bool(finished)})
+        for old in self.folder.glob(CHECKPOINT_PATTERN):
+            if old.name != name:
+                old.unlink()
+        self.saved_step = step
+
+    @staticmethod
+    def restore(model, folder):
+        """Loads the last checkpoint in `folder` into the compiled `model`.
+
+        Returns:
+            The checkpoint state `{"weights", "step", "finished"}`, or None when there is none.
+        """
+        state = files.read_json(Path(folder) / CHECKPOINT_STATE)
+        if state is None:
+            return None
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(Path(folder) / state["weights"])
+        return state

@@ -1,0 +1,128 @@
+"""openai/glow's Adamax and its linear learning-rate warm-up, as Keras 3 optimizer pieces.
+
+Backend-neutral (`keras.ops`); both classes are registered serializable, so a compiled model
+saved with them reloads after `import keras_flow`.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+OPTIMIZERS = ("adamax", "adam")
+
+
+@keras.saving.register_keras_serializable(package="keras_flow")
+class GlowAdamax(keras.optimizers.Adamax):
+    """Adamax as openai/glow's `optim.py` implements it (its default optimiser).
+
+    With gradient `g`, step `t = 1, 2, ...` and learning rate `lr` (after any schedule):
+
+        m1 = b1 m1 + (1 - b1) g
+        m2 = max(b2 m2, |g|)
+        lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t)
+        w = w - lr_t m1 / (m2 + epsilon)
+
+    It differs from `keras.optimizers.Adamax` only in the bias correction: openai/glow also
+    applies the `sqrt(1 - b2^t)` factor of Adam, which shrinks the first steps (a built-in
+    warm-up). openai/glow ties `b2 = 1 - 1 / steps_per_epoch` (see `glow_beta_2`).
+
+    Args:
+        learning_rate: float or `keras.optimizers.schedules.LearningRateSchedule` (1e-3).
+        beta_1: decay of the first moment (0.9).
+        beta_2: decay of the infinity norm (0.999; openai/glow: `1 - 1/steps_per_epoch`).
+        epsilon: added to the norm (1e-8, as openai/glow).
+        **kwargs: the common optimizer options (`clipnorm`, `global_clipnorm`, `use_ema`,
+            `ema_momentum`, `weight_decay`, `name`, ...).
+
+    Reference: Kingma & Ba, "Adam", arXiv:1412.6980, section 7.1; openai/glow `optim.py`.
+    """
+
+    def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 name="glow_adamax", **kwargs):
+        super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
+                         epsilon=epsilon, name=name, **kwargs)
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        gradient = ops.cast(gradient, dtype)
+        step = ops.cast(self.iterations + 1, dtype)
+        beta_1 = ops.cast(self.beta_1, dtype)
+        beta_2 = ops.cast(self.beta_2, dtype)
+        lr_t = ops.cast(learning_rate, dtype) * ops.sqrt(1 - ops.power(beta_2, step)) / (
+            1 - ops.power(beta_1, step))
+        index = self._get_variable_index(variable)
+        m, u = self._m[index], self._u[index]
+        self.assign_add(m, (gradient - m) * (1 - beta_1))
+        self.assign(u, ops.maximum(beta_2 * u, ops.abs(gradient)))
+        self.assign_sub(variable, lr_t * m / (u + self.epsilon))
+
+
+@keras.saving.register_keras_serializable(package="keras_flow")
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """Learning rate rising linearly from `learning_rate / warmup_steps` to `learning_rate`:
+
+        lr(step) = learning_rate * min(1, (step + 1) / warmup_steps)     (step = 0, 1, ...)
+
+    openai/glow's `lr * min(1, n_processed / (n_train * epochs_warmup))`, one step earlier (its
+    first step has learning rate 0). `warmup_steps=0` gives a constant rate.
+
+    Args:
+        learning_rate: the rate after the warm-up.
+        warmup_steps: length of the ramp in optimizer steps (>= 0).
+    """
+
+    def __init__(self, learning_rate, warmup_steps):
+        if learning_rate <= 0 or warmup_steps < 0:
+            raise ValueError(
+                f"LinearWarmup needs learning_rate > 0 and warmup_steps >= 0; got "
+                f"learning_rate={learning_rate}, warmup_steps={warmup_steps}.")
+        self.learning_rate = float(learning_rate)
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        if not self.warmup_steps:
+            return ops.convert_to_tensor(self.learning_rate, "float32")
+        ramp = (ops.cast(step, "float32") + 1.0) / float(self.warmup_steps)
+        return self.learning_rate * ops.minimum(1.0, ramp)
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
+
+
+def glow_beta_2(steps_per_epoch):
+    """openai/glow's `beta2 = 1 - 1 / (train_its * polyak_epochs)` with one Polyak epoch."""
+    return 1.0 - 1.0 / max(2, int(steps_per_epoch))
+
+
+def make_optimizer(name="adamax", learning_rate=1e-3, warmup_steps=0, steps_per_epoch=None,
+                   clip_norm=None, ema=0.0):
+    """The training optimiser: `"adamax"` (`GlowAdamax`, openai/glow) or `"adam"`.
+
+    Args:
+        name: `"adamax"` or `"adam"`.
+        learning_rate: peak learning rate, reached after `warmup_steps` (`LinearWarmup`).
+        warmup_steps: linear warm-up length in steps (0: none).
+        steps_per_epoch: sets Adamax's `beta_2 = 1 - 1/steps_per_epoch` as openai/glow does
+            (None: 0.999).
+        clip_norm: clip the gradients to this global norm (None or 0: no clipping).
+        ema: momentum of an exponential moving average of the weights (Polyak averaging,
+            Keras's `use_ema`); 0 turns it off. Keras copies the averages into the model at
+            the end of `fit` (`finalize_variable_values`).
+
+    Returns:
+        A `keras.optimizers.Optimizer`.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {name!r}; choose one of {OPTIMIZERS}.")
+    if not 0.0 <= ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1) (0 turns it off, e.g. 0.999); got {ema}.")
+    if clip_norm is not None and (clip_norm < 0 or not math.isfinite(clip_norm)):
+        raise ValueError(f"clip_norm must be >= 0 (0 or None: no clipping); got {clip_norm}.")
+    options = dict(learning_rate=LinearWarmup(learning_rate, warmup_steps),
+                   global_clipnorm=clip_norm or None, use_ema=ema > 0,
+                   ema_momentum=ema if ema > 0 else 0.99)
+    if name == "adam":
+        return keras.optimizers.Adam(**options)
+    beta_2 = 0.999 if steps_per_epoch is None else glow_beta_2(steps_per_epoch)
+    return GlowAdamax(beta_2=beta_2, **options)

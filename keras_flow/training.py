@@ -1,0 +1,542 @@
+"""Training a flow from a configuration: data, model, optimiser, callbacks, outputs.
+
+`train(TrainConfig(...))` is what `python train.py` runs:
+
+1. Resolves the configuration (the preset's defaults under the explicit options) and picks
+   the output folder; an unfinished run of the same configuration is resumed.
+2. Loads the data (`keras_flow.data.load`), sets the dtype policy, and under the
+   `tf.distribute` strategy builds the model, compiles it with openai/glow's Adamax (or Adam)
+   behind a linear warm-up, then either restores the last checkpoint or initialises actnorm
+   from `init_batch_size` training images.
+3. Fits with the callbacks of `keras_flow.callbacks`: per epoch validation and test bits/dim,
+   best weights by validation bits/dim, sample grids, the bits/dim curve, TensorBoard,
+   checkpoints every `checkpoint_every` steps, and the `max_seconds` limit.
+4. Loads the best weights (the EMA ones with `ema > 0`), evaluates them and writes
+   `model.keras`, the final sample grids, the SavedModel export and, last, `metrics.json`.
+
+Output folder (every file written atomically; TensorBoard event files are appended):
+
+    config.json             the resolved configuration
+    checkpoints/            ckpt-<step>.weights.h5 + state.json (model and optimizer state)
+    best.weights.npz, best.json   best weights by validation bits/dim so far
+    history.json            per-epoch metrics; bits_per_dim.png: their curves
+    samples/                epoch_<n>_T<t>.png grids; samples_T<t>.png: final model's grids
+    tensorboard/            scalars (train/, validation/) and sample images (samples/)
+    model.keras             the final model (best weights)
+    export/                 SavedModel for sampling without keras_flow (keras_flow.export)
+    metrics.json            final figures; written last, so it marks a finished run
+"""
+
+import contextlib
+import dataclasses
+import math
+import re
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_flow import callbacks as flow_callbacks
+from keras_flow import files
+from keras_flow.models import GLOW_PRESETS
+from keras_flow.models import REALNVP_PRESETS
+from keras_flow.models import Glow
+from keras_flow.models import RealNVP
+from keras_flow.optimizers import OPTIMIZERS
+from keras_flow.optimizers import make_optimizer
+
+MODELS = {"glow": (Glow, GLOW_PRESETS), "realnvp": (RealNVP, REALNVP_PRESETS)}
+POLICIES = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+JIT = {"auto": "auto", "on": True, "off": False}
+FIT_MODES = ("pad", "resize", "error")
+STRATEGIES = ("default", "mirrored", "multi-worker")
+DEFAULTS = dict(n_bits=8, batch_size=64, lr=1e-3, epochs=10, warmup="1epoch", ema=0.0)
+# Options that may change between an interrupted run and its resumption.
+RESUMABLE_CHANGES = ("out", "epochs", "max_seconds", "checkpoint_every", "verbose")
+GLOW_ONLY = ("depth", "permutation", "coupling", "lu", "learn_top")
+
+
+def _option(default, help, **metadata):
+    return dataclasses.field(default=default, metadata=dict(help=help, **metadata))
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every option of a training run (the flags of `train.py`, same names with dashes).
+
+    `None` means "from the preset, else the model's or training's default". Presets:
+    `keras_flow.models.presets` (`preset="auto"` picks the one named like the dataset).
+    """
+
+    dataset: str = _option("digits", "image source: digits (embedded 8x8 digits), a TFDS "
+                           "name (mnist, fashion_mnist, cifar10, celeb_a, ...), folder:PATH, "
+                           "npz:PATH or idx:DIR")
+    image_size: int = _option(None, "resize images to SIZE x SIZE first (default: keep)")
+    fit: str = _option("pad", "when the size does not divide by 2**levels: zero-pad, resize "
+                       "or stop with an error (never crop)", choices=FIT_MODES)
+    model: str = _option("glow", "flow architecture", choices=tuple(MODELS))
+    preset: str = _option("auto", "named configuration (models/presets.py), 'auto' for the "
+                          "one named like the dataset if any, or 'none'")
+    levels: int = _option(None, "number of scales L (default: preset, else 3 / RealNVP 4)")
+    depth: int = _option(None, "Glow: steps of flow per level K (default: preset, else 32)")
+    hidden_width: int = _option(None, "coupling network width (default: preset, else 512 / "
+                                "RealNVP 32)")
+    residual_blocks: int = _option(None, "RealNVP: residual blocks per coupling network "
+                                   "(default: preset, else 4)")
+    permutation: str = _option(None, "Glow: channel permutation (default: conv1x1)",
+                               choices=("reverse", "shuffle", "conv1x1"))
+    coupling: str = _option(None, "Glow: coupling (default: preset, else affine)",
+                            choices=("affine", "additive"))
+    lu: bool = _option(None, "Glow: LU-decomposed 1x1 convolution (default: on)")
+    learn_top: bool = _option(None, "Glow: learned top prior (default: on)")
+    conditional: bool = _option(False, "Glow: class-conditional prior (needs labels)")
+    classifier_weight: float = _option(0.0, "Glow: weight of the class-prediction loss "
+                                       "(openai/glow weight_y; needs --conditional)")
+    n_bits: int = _option(None, "bits per colour channel kept, 1..8 (default: preset, else 8)")
+    optimizer: str = _option("adamax", "adamax: openai/glow's (beta2 = 1 - 1/steps_per_epoch)"
+                             "; adam: Keras Adam", choices=OPTIMIZERS)
+    lr: float = _option(None, "peak learning rate (default: preset, else 1e-3)")
+    warmup: str = _option(None, "linear learning-rate warm-up: N steps, or 'Xepochs' / 'Xep' "
+                          "(default: preset, else 1epoch; 0: none)")
+    clip_norm: float = _option(None, "clip gradients to this global norm (default: off)")
+    ema: float = _option(None, "momentum of an exponential moving average of the weights, "
+                         "used for evaluation, samples and the saved model (default: preset, "
+                         "else 0: off)")
+    batch_size: int = _option(None, "global batch size (default: preset, else 64)")
+    epochs: int = _option(None, "training epochs (default: preset, else 10)")
+    steps_per_epoch: int = _option(None, "steps per epoch (default: preset, else one pass "
+                                   "over the training split)")
+    seed: int = _option(0, "seed of the weights, data order and noise")
+    max_seconds: float = _option(None, "stop training after this many seconds of wall-clock "
+                                 "time, then evaluate, save and export as usual (default: no "
+                                 "limit)")
+    init_batch_size: int = _option(256, "training images for actnorm's data-dependent "
+                                   "initialisation")
+    out: str = _option(None, "output folder (default runs/<dataset>-<model>-<time>, or the "
+                       "unfinished run of the same configuration, which is resumed)")
+    checkpoint_every: int = _option(500, "steps between checkpoints (also at every epoch "
+                                    "end; 0: epoch ends only)")
+    mixed_precision: str = _option("off", "off: float32; bf16 / fp16: mixed precision "
+                                   "(fp16 with loss scaling)", choices=tuple(POLICIES))
+    jit: str = _option("auto", "XLA compilation of the training step (auto: Keras decides; "
+                       "off on CPU)", choices=tuple(JIT))
+    strategy: str = _option("default", "tf.distribute strategy", choices=STRATEGIES)
+    validation_fraction: float = _option(0.1, "fraction of the training data held out to "
+                                         "pick the best weights (0: keep the last weights)")
+    temperatures: tuple = _option((0.0, 0.5, 0.7, 0.8, 1.0), "sampling temperatures of the "
+                                  "sample grids, comma-separated")
+    num_samples: int = _option(64, "images per sample grid")
+    verbose: int = _option(1, "0: quiet; 1: progress bar and messages; 2: one line per epoch")
+
+
+@dataclasses.dataclass
+class _Plan:
+    """What `train` derives from a resolved configuration and the data."""
+
+    config: TrainConfig
+    out: Path
+    steps_per_epoch: int
+    warmup_steps: int
+
+    @property
+    def total_steps(self):
+        return self.config.epochs * self.steps_per_epoch
+
+
+def train(config):
+    """Trains a flow as `config` says and writes the output folder (module docstring).
+
+    Args:
+        config: a `TrainConfig`.
+
+    Returns:
+        The final metrics (also in `<out>/metrics.json`): `test_bits_per_dim`,
+        `validation_bits_per_dim`, `train_bits_per_dim`, `epochs`, `steps`, `seconds`,
+        `resumed`, ..., and `out`, the output folder.
+
+    Raises:
+        ValueError, FileNotFoundError, TypeError: for invalid options or data.
+    """
+    from keras_flow.distribute import make_strategy
+
+    started = time.monotonic()
+    config = resolve_config(config)
+    out = output_folder(config)
+    config = dataclasses.replace(config, out=str(out))
+    for folder in (out, out / "checkpoints", out / "samples"):
+        files.remove_temporaries(folder)
+    with dtype_policy(config.mixed_precision):
+        data = load_data(config)
+        plan = make_plan(config, out, data)
+        keras.utils.set_random_seed(config.seed)
+        with make_strategy(config.strategy).scope():
+            model = build_model(config, data)
+            compile_model(model, plan)
+            state = flow_callbacks.Checkpoint.restore(model, out / "checkpoints")
+            if state is None:
+                initialize(model, data, config)
+        files.write_json(out / "config.json", dataclasses.asdict(config))
+        _say(config, _start_message(plan, state))
+        fitted = fit(model, data, plan, state)
+        return finish(model, data, plan, fitted, state, time.monotonic() - started)
+
+
+@contextlib.contextmanager
+def dtype_policy(mixed_precision):
+    """Sets the global dtype policy for `"off"`, `"bf16"` or `"fp16"` (models built inside
+    keep it), and restores the previous policy on exit."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(POLICIES[mixed_precision])
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+# --- configuration -------------------------------------------------------------------------
+
+def resolve_config(config):
+    """`config` with every `None` filled from the preset, then the general defaults; checks it."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"train() needs a TrainConfig; got {type(config).__name__}.")
+    _check_choices(config)
+    values = dataclasses.asdict(config)
+    values["preset"], preset = preset_values(config)
+    for key, value in {**DEFAULTS, **preset}.items():
+        if values.get(key) is None:
+            values[key] = value
+    values["temperatures"] = tuple(float(t) for t in values["temperatures"])
+    values["warmup"] = str(values["warmup"])
+    resolved = TrainConfig(**values)
+    _check_values(resolved)
+    return resolved
+
+
+_CONFIG_NAMES = {"learning_rate": "lr", "lu_decomposed": "lu"}
+
+
+def preset_values(config):
+    """`(name, values)`: the preset `config.preset` names ('auto': the one named like the
+    dataset, if any) and its values under `TrainConfig` names; `("none", {})` for none."""
+    _, presets = MODELS[config.model]
+    name = config.preset
+    if name == "auto":
+        name = config.dataset if config.dataset in presets else "none"
+    if name == "none":
+        return name, {}
+    if name not in presets:
+        raise ValueError(f"Unknown {config.model} preset {name!r}; choose one of "
+                         f"{sorted(presets)}, 'auto' or 'none'.")
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    values = {_CONFIG_NAMES.get(key, key): value for key, value in presets[name].items()}
+    return name, {key: value for key, value in values.items() if key in fields}
+
+
+def _check_choices(config):
+    choices = {field.name: field.metadata["choices"] for field in dataclasses.fields(config)
+               if "choices" in field.metadata}
+    for name, allowed in choices.items():
+        value = getattr(config, name)
+        if value is not None and value not in allowed:
+            raise ValueError(f"Unknown {name} {value!r}; choose one of {allowed}.")
+
+
+def _check_values(config):
+    """Raises ValueError naming the first out-of-range option."""
+    positive = ("levels", "depth", "hidden_width", "residual_blocks", "batch_size", "epochs",
+                "steps_per_epoch", "init_batch_size", "num_samples", "image_size")
+    for name in positive:
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    problems = [
+        (config.lr <= 0, f"lr must be > 0; got {config.lr}."),
+        (config.max_seconds is not None and not config.max_seconds > 0,
+         f"max_seconds must be > 0; got {config.max_seconds}."),
+        (config.checkpoint_every < 0,
+         f"checkpoint_every must be >= 0 (0: epoch ends only); got {config.checkpoint_every}."),
+        (any(not t >= 0 for t in config.temperatures),
+         f"temperatures must be >= 0; got {config.temperatures}."),
+        (config.model == "realnvp" and (config.conditional or any(
+            getattr(config, name) is not None for name in GLOW_ONLY)),
+         f"{', '.join(GLOW_ONLY)} and conditional are Glow options; drop them for RealNVP."),
+        (config.classifier_weight and not config.conditional,
+         "classifier_weight > 0 needs a class-conditional model (conditional=True)."),
+    ]
+    for failed, message in problems:
+        if failed:
+            raise ValueError(message)
+    parse_warmup(config.warmup, 1)
+
+
+def parse_warmup(warmup, steps_per_epoch):
+    """Warm-up steps from `"N"` (steps) or `"Xepochs"` / `"Xepoch"` / `"Xep"` (epochs)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(ep|epoch|epochs)?\s*", str(warmup))
+    if match is None:
+        raise ValueError(f"warmup must be a number of steps (e.g. 500) or of epochs (e.g. "
+                         f"'2epochs'); got {warmup!r}.")
+    value, unit = float(match.group(1)), match.group(2)
+    if unit is None and value != int(value):
+        raise ValueError(f"warmup in steps must be a whole number; got {warmup!r} (write "
+                         f"'{value}epochs' for epochs).")
+    return int(round(value * steps_per_epoch)) if unit else int(value)
+
+
+# --- output folder -------------------------------------------------------------------------
+
+def output_folder(config):
+    """The run's folder: `config.out`, else an unfinished run of the same configuration under
+    `runs/`, else a new `runs/<dataset>-<model>-<time>`. Refuses a folder that holds a finished
+    run or a different configuration."""
+    if config.out is not None:
+        out = Path(config.out)
+        check_output_folder(out, config)
+        return out
+    prefix = f"{_slug(config.dataset)}-{config.model}-"
+    for candidate in sorted(Path("runs").glob(prefix + "*"), reverse=True):
+        if _is_resumable(candidate, config):
+            return candidate
+    out = Path("runs") / (prefix + time.strftime("%Y%m%d-%H%M%S"))
+    while out.exists():
+        out = out.with_name(out.name + "x")
+    return out
+
+
+def check_output_folder(out, config):
+    if (out / "metrics.json").exists():
+        raise ValueError(f"{out} already holds a finished run (metrics.json); choose another "
+                         "--out, or delete the folder to train again.")
+    differences = _config_differences(files.read_json(out / "config.json"), config)
+    if differences:
+        raise ValueError(f"{out} holds a run with a different configuration (differs in: "
+                         f"{', '.join(differences)}); use another --out, or the same options "
+                         "to resume it.")
+
+
+def _is_resumable(folder, config):
+    saved = files.read_json(folder / "config.json")
+    return (saved is not None and not (folder / "metrics.json").exists()
+            and (folder / "checkpoints" / flow_callbacks.CHECKPOINT_STATE).exists()
+            and not _config_differences(saved, config))
+
+
+def _config_differences(saved, config):
+    """Options (other than RESUMABLE_CHANGES) in which a saved config.json differs."""
+    if saved is None:
+        return []
+    current = dataclasses.asdict(config)
+    current["temperatures"] = list(current["temperatures"])
+    return [key for key in current if key not in RESUMABLE_CHANGES
+            and saved.get(key) != current[key]]
+
+
+def _slug(dataset):
+    kind, _, path = dataset.partition(":")
+    name = f"{kind}-{Path(path.rstrip('/')).name}" if path else kind
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+# --- data, model, optimiser ----------------------------------------------------------------
+
+def squeezes(config):
+    """How many times the model halves the image size (height and width must divide 2**it)."""
+    return config.levels - 1 if config.model == "realnvp" else config.levels
+
+
+def load_data(config):
+    from keras_flow import data
+
+    return data.load(config.dataset, batch_size=config.batch_size, n_bits=config.n_bits,
+                     levels=squeezes(config), image_size=config.image_size, fit=config.fit,
+                     validation_fraction=config.validation_fraction,
+                     with_labels=config.conditional, seed=config.seed)
+
+
+def make_plan(config, out, data):
+    steps_per_epoch = config.steps_per_epoch or max(1, data.num_train // config.batch_size)
+    return _Plan(config, out, steps_per_epoch, parse_warmup(config.warmup, steps_per_epoch))
+
+
+def build_model(config, data):
+    """The Glow or RealNVP of `config` for `data`'s image shape (and classes)."""
+    model_class, _ = MODELS[config.model]
+    options = dict(levels=config.levels, hidden_width=config.hidden_width,
+                   num_bins=2 ** config.n_bits, image_shape=data.image_shape, seed=config.seed)
+    if config.model == "realnvp":
+        options["residual_blocks"] = config.residual_blocks
+    else:
+        options.update(depth=config.depth, permutation=config.permutation,
+                       coupling=config.coupling, lu_decomposed=config.lu,
+                       learn_top=config.learn_top, classifier_weight=config.classifier_weight)
+        if config.conditional:
+            if not data.num_classes:
+                raise ValueError(f"conditional needs labels, and {config.dataset!r} has none.")
+            options["num_classes"] = data.num_classes
+    return model_class(**{k: v for k, v in options.items() if v is not None})
+
+
+def compile_model(model, plan):
+    config = plan.config
+    optimizer = make_optimizer(config.optimizer, config.lr, plan.warmup_steps,
+                               plan.steps_per_epoch, config.clip_norm, config.ema)
+    model.compile(optimizer=optimizer, jit_compile=JIT[config.jit])
+
+
+def initialize(model, data, config):
+    """Actnorm's data-dependent initialisation on `config.init_batch_size` training images,
+    then the optimizer's variables.
+
+    The optimizer is built here, after the initialisation, so that its moving averages
+    (`ema`) start from the initialised weights; and eagerly, not inside the first traced
+    step, which would add its ~2 variables per weight to the graph and trace the step twice
+    (about half the start-up time).
+    """
+    model.initialize(*init_batch(data, config.init_batch_size, config.conditional))
+    model.optimizer.build(model.trainable_variables)
+
+
+def init_batch(data, size, with_labels=False):
+    """`(images,)` or `(images, labels)`: `size` training images for actnorm's init."""
+    size = min(size, data.num_train)
+    if not with_labels:
+        return (data.init_batch(size),)
+    batches = list(data.train.unbatch().take(size).batch(size).as_numpy_iterator())
+    return batches[0]["image"], batches[0]["label"]
+
+
+# --- fitting -------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Fitted:
+    counter: flow_callbacks.StepCounter
+    keep_best: flow_callbacks.KeepBest
+    time_limit: flow_callbacks.TimeLimit
+    seconds: float
+
+
+def make_callbacks(model, data, plan, initial_step):
+    """The training callbacks, in the order they must run; see `keras_flow.callbacks`."""
+    config, out = plan.config, plan.out
+    counter = flow_callbacks.StepCounter(initial_step)
+    time_limit = flow_callbacks.TimeLimit(config.max_seconds or math.inf)
+    held_out = flow_callbacks.HeldOutBitsPerDim(
+        {"val_bits_per_dim": data.validation, "test_bits_per_dim": data.test})
+    keep_best = flow_callbacks.KeepBest(out, counter)
+    samples = flow_callbacks.SampleGrids(out / "samples", config.temperatures, config.n_bits,
+                                         config.num_samples, out / "tensorboard", config.seed)
+    history = flow_callbacks.MetricsHistory(out, counter, initial_step // plan.steps_per_epoch)
+    checkpoint = flow_callbacks.Checkpoint(out / "checkpoints", counter, config.checkpoint_every,
+                                           plan.total_steps, time_limit)
+    tensorboard = keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False,
+                                              profile_batch=0)
+    callbacks = [counter, time_limit, checkpoint, held_out, keep_best, samples, history,
+                 tensorboard]
+    return callbacks, _Fitted(counter, keep_best, time_limit, 0.0)
+
+
+def fit(model, data, plan, state):
+    """Fits from the checkpointed step to the last; an interrupted epoch is finished first."""
+    initial_step = 0 if state is None else state["step"]
+    callbacks, fitted = make_callbacks(model, data, plan, initial_step)
+    if state is not None and state["finished"]:
+        return fitted
+    epoch, batch = divmod(initial_step, plan.steps_per_epoch)
+    train = data.train.repeat()
+    verbose = plan.config.verbose
+    started = time.monotonic()
+    with flow_callbacks.deferred_ema_finalize(model):
+        if batch:
+            model.fit(train, initial_epoch=epoch, epochs=epoch + 1, callbacks=callbacks,
+                      steps_per_epoch=plan.steps_per_epoch - batch, verbose=verbose,
+                      shuffle=False)
+            epoch += 1
+        if epoch < plan.config.epochs and not fitted.time_limit.reached:
+            model.fit(train, initial_epoch=epoch, epochs=plan.config.epochs, callbacks=callbacks,
+                      steps_per_epoch=plan.steps_per_epoch, verbose=verbose, shuffle=False)
+    fitted.seconds = time.monotonic() - started
+    return fitted
+
+
+def _start_message(plan, state):
+    config = plan.config
+    where = f"Output folder: {plan.out}"
+    if state is None:
+        return (f"{where}\nTraining {config.model} for {config.epochs} epochs of "
+                f"{plan.steps_per_epoch} steps (batch {config.batch_size}).")
+    epoch, batch = divmod(state["step"], plan.steps_per_epoch)
+    if state["finished"]:
+        return f"{where}\nTraining already finished at step {state['step']}; writing outputs."
+    return (f"{where}\nResumed from checkpoint at step {state['step']} of {plan.total_steps}: "
+            f"epoch {epoch + 1}, step {batch} of {plan.steps_per_epoch} within it.")
+
+
+# --- outputs -------------------------------------------------------------------------------
+
+def finish(model, data, plan, fitted, state, seconds):
+    """Best weights in, final evaluation, model.keras, samples, export, then metrics.json."""
+    out = plan.out
+    model.optimizer.finalize_variable_values(model.trainable_variables)
+    restored_best = fitted.keep_best.restore(model)
+    metrics = evaluate(model, data)
+    with files.atomic_path(out / "model.keras") as temporary:
+        model.save(temporary)
+    config = plan.config
+    flow_callbacks.write_sample_grids(model, out, config.temperatures, config.n_bits,
+                                      config.num_samples, config.seed, prefix="samples_")
+    export_path = export(model, out / "export")
+    metrics.update(
+        epochs=round(fitted.counter.step / plan.steps_per_epoch, 4),
+        steps=fitted.counter.step,
+        optimizer_steps=int(model.optimizer.iterations),
+        seconds=round(fitted.seconds, 2),
+        total_seconds=round(seconds, 2),
+        resumed=state is not None,
+        resumed_from_step=None if state is None else state["step"],
+        time_limit_reached=fitted.time_limit.reached,
+        best_weights=restored_best,
+        best_epoch=fitted.keep_best.record and fitted.keep_best.record["epoch"],
+        exported=export_path is not None,
+    )
+    files.write_json(out / "metrics.json", metrics)
+    _say(plan.config, f"Test bits/dim: {_format(metrics['test_bits_per_dim'])} "
+                      f"(validation {_format(metrics['validation_bits_per_dim'])}, train "
+                      f"{_format(metrics['train_bits_per_dim'])}); outputs in {out}")
+    return dict(metrics, out=str(out))
+
+
+def evaluate(model, data):
+    """Bits/dim of the final weights on the test and validation splits and on as many
+    training images as the test split has (fresh noise)."""
+    evaluate_split = flow_callbacks.evaluate_bits_per_dim
+    sample_batches = max(1, math.ceil(max(data.num_test, 1) / _batch_size(data)))
+    return dict(
+        test_bits_per_dim=None if data.test is None else evaluate_split(model, data.test),
+        validation_bits_per_dim=(None if data.validation is None
+                                 else evaluate_split(model, data.validation)),
+        train_bits_per_dim=evaluate_split(model, data.train.take(sample_batches)),
+    )
+
+
+def _batch_size(data):
+    spec = data.train.element_spec
+    spec = spec["image"] if isinstance(spec, dict) else spec
+    return spec.shape[0] or 1
+
+
+def export(model, path):
+    """`keras_flow.saved_model.export(model, path, overwrite=True)`; None if unavailable."""
+    try:
+        from keras_flow.saved_model import export as export_saved_model
+    except ImportError:
+        return None
+    return export_saved_model(model, str(path), overwrite=True)
+
+
+def _format(value):
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _say(config, message):
+    if config.verbose:
+        print(message, flush=True)

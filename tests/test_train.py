@@ -1,0 +1,204 @@
+"""train.py and keras_flow.training: outputs, CLI errors, the optimiser, resuming a killed run."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from keras_flow import training
+from keras_flow.optimizers import GlowAdamax
+from keras_flow.optimizers import LinearWarmup
+from keras_flow.optimizers import make_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--levels", "1", "--depth", "1", "--hidden-width", "8", "--init-batch-size", "64",
+        "--num-samples", "4"]
+OUTPUTS = ["config.json", "checkpoints/state.json", "model.keras", "metrics.json",
+           "history.json", "bits_per_dim.png", "best.json", "best.weights.npz",
+           "samples_T0.7.png", "samples/epoch_0001_T0.png", "samples/epoch_0001_T1.png",
+           "export/saved_model.pb"]
+
+
+def _load_cli():
+    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_cli(args, timeout=240):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONHASHSEED="0")
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# --- optimiser -----------------------------------------------------------------------------
+
+def _reference_adamax(w, grads, lr, beta_1, beta_2, epsilon=1e-8):
+    """openai/glow optim.py adamax, in NumPy."""
+    m1, m2 = np.zeros_like(w), np.zeros_like(w)
+    for t, g in enumerate(grads, start=1):
+        m1 = beta_1 * m1 + (1 - beta_1) * g
+        m2 = np.maximum(beta_2 * m2, np.abs(g))
+        lr_t = lr * np.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
+        w = w - lr_t * m1 / (m2 + epsilon)
+    return w
+
+
+def test_glow_adamax_matches_openai_glow_update():
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(3, 4)).astype("float32")
+    grads = [rng.normal(size=(3, 4)).astype("float32") for _ in range(3)]
+    variable = keras.Variable(w0)
+    optimizer = GlowAdamax(learning_rate=0.01, beta_2=0.95)
+    for g in grads:
+        optimizer.apply_gradients([(keras.ops.convert_to_tensor(g), variable)])
+    expected = _reference_adamax(w0.astype("float64"), grads, 0.01, 0.9, 0.95)
+    np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_warmup_schedule_values_and_config_round_trip():
+    schedule = LinearWarmup(1e-3, warmup_steps=4)
+    values = [float(schedule(step)) for step in range(6)]
+    np.testing.assert_allclose(values, [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3], rtol=1e-6)
+    assert float(LinearWarmup(1e-3, 0)(0)) == pytest.approx(1e-3)
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(
+        make_optimizer("adamax", 2e-3, warmup_steps=10, steps_per_epoch=50, clip_norm=5.0)))
+    assert isinstance(restored, GlowAdamax)
+    assert restored.beta_2 == pytest.approx(1 - 1 / 50)
+    assert restored.global_clipnorm == 5.0
+    assert float(restored.learning_rate) == pytest.approx(2e-3 / 10)
+
+
+def test_optimizer_options_are_checked():
+    with pytest.raises(ValueError, match="Unknown optimizer"):
+        make_optimizer("sgd")
+    with pytest.raises(ValueError, match="ema"):
+        make_optimizer("adam", ema=1.5)
+
+
+# --- configuration -------------------------------------------------------------------------
+
+def test_resolve_config_fills_preset_then_defaults():
+    config = training.resolve_config(training.TrainConfig(depth=2))
+    assert config.preset == "digits" and config.depth == 2 and config.levels == 2
+    assert config.lr > 0 and config.batch_size > 0 and config.n_bits == 8
+    assert training.resolve_config(training.TrainConfig(dataset="mnist")).preset == "none"
+
+
+def test_parse_warmup_steps_and_epochs():
+    assert training.parse_warmup("300", 20) == 300
+    assert training.parse_warmup("2.5epochs", 20) == 50
+    assert training.parse_warmup("1ep", 7) == 7
+    with pytest.raises(ValueError, match="warmup"):
+        training.parse_warmup("soon", 20)
+
+
+def test_finished_or_different_output_folder_is_refused(tmp_path):
+    config = training.resolve_config(training.TrainConfig(out=str(tmp_path)))
+    (tmp_path / "config.json").write_text(json.dumps({"lr": 123.0}))
+    with pytest.raises(ValueError, match="different configuration"):
+        training.output_folder(config)
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match="finished run"):
+        training.output_folder(config)
+
+
+# --- CLI -----------------------------------------------------------------------------------
+
+def test_help_documents_every_option(capsys):
+    cli = _load_cli()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for field in training.TrainConfig.__dataclass_fields__:
+        assert "--" + field.replace("_", "-") in text
+
+
+@pytest.mark.parametrize("args, keyword", [
+    (["--model", "flowformer"], "invalid choice"),
+    (["--epochs", "many"], "invalid int"),
+    (["--levels", "0"], "levels must be a positive integer"),
+    (["--warmup", "soon"], "warmup must be"),
+    (["--preset", "imagenet1024"], "Unknown glow preset"),
+])
+def test_bad_flags_give_one_line_error_and_exit_2(args, keyword, capsys):
+    cli = _load_cli()
+    try:
+        code = cli.main(args)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and keyword in err and err.count("\n") == 1
+
+
+@pytest.mark.subprocess
+def test_bad_data_fails_in_a_real_process_without_traceback(tmp_path):
+    result = _run_cli(["--dataset", f"folder:{tmp_path / 'missing'}", "--out",
+                       str(tmp_path / "run")], timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: Image folder not found")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
+def test_two_step_run_writes_every_output(tmp_path):
+    out = tmp_path / "run"
+    result = _run_cli([*TINY, "--steps-per-epoch", "2", "--epochs", "1", "--ema", "0.9",
+                       "--clip-norm", "10", "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Test bits/dim" in result.stdout
+    missing = [name for name in OUTPUTS if not (out / name).exists()]
+    assert not missing, missing
+    assert list((out / "tensorboard").glob("*/events.out.tfevents.*"))
+    assert not list(out.rglob(".*tmp-*")), "temporary files left behind"
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("test_bits_per_dim", "train_bits_per_dim", "validation_bits_per_dim"):
+        assert 0 < metrics[key] < 16
+    assert metrics["steps"] == 2 and metrics["epochs"] == 1 and not metrics["resumed"]
+    assert metrics["seconds"] > 0
+    model = keras.models.load_model(out / "model.keras")
+    assert model.optimizer.use_ema and model.image_shape == (8, 8, 1)
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    args = [*TINY, "--steps-per-epoch", "120", "--epochs", "1", "--checkpoint-every", "1",
+            "--num-samples", "1", "--validation-fraction", "0", "--out", str(out)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONHASHSEED="0")
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_file = out / "checkpoints" / "state.json"
+    try:
+        deadline = time.monotonic() + 180
+        while not (state_file.exists() and json.loads(state_file.read_text())["step"] >= 3):
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint within 180 s"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    killed_at = json.loads(state_file.read_text())["step"]
+    assert 3 <= killed_at < 120 and not (out / "metrics.json").exists()
+
+    result = _run_cli(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Resumed from checkpoint at step {killed_at} of 120" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed"] and metrics["resumed_from_step"] == killed_at
+    assert metrics["steps"] == 120 and metrics["optimizer_steps"] == 120
