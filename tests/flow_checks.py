@@ -68,7 +68,7 @@ def jacobian(fn, x):
     if backend == "jax":
         import jax
         single = lambda xi: fn(xi[None])[0]  # noqa: E731
-        jac = jax.vmap(jax.jacrev(single))(x)
+        jac = jax.jit(jax.vmap(jax.jacrev(single)))(x)  # one compiled program, not op by op
         return np.reshape(np.asarray(jac), (x.shape[0], -1, int(np.prod(x.shape[1:]))))
     raise NotImplementedError(backend)
 

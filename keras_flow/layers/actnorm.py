@@ -107,17 +107,22 @@ class Actnorm(FlowLayer):
     def _log_det(self, inputs):
         return per_example(spatial_size(inputs) * ops.sum(self._scale_log()), inputs)
 
+    def output_affine(self):
+        """`(scale, shift)`, float32 `(channels,)`, with `forward(x) = x * scale + shift`:
+        `scale = exp(s)`, `shift = b * exp(s)`. A convolution followed by this actnorm can fold
+        them into its kernel and bias (see `EdgePaddedConv2D.call`)."""
+        scale = ops.exp(self._scale_log())
+        return scale, self.bias * scale
+
     def forward(self, inputs):
         if in_data_dependent_init() and not self.is_initialized:
             self.initialize(inputs)
-        dtype = inputs.dtype
-        outputs = (inputs + ops.cast(self.bias, dtype)) * ops.cast(ops.exp(self._scale_log()), dtype)
-        return outputs, self._log_det(inputs)
+        outputs = (ops.cast(inputs, "float32") + self.bias) * ops.exp(self._scale_log())
+        return ops.cast(outputs, inputs.dtype), self._log_det(inputs)
 
     def inverse_call(self, outputs):
-        dtype = outputs.dtype
-        inputs = outputs * ops.cast(ops.exp(-self._scale_log()), dtype) - ops.cast(self.bias, dtype)
-        return inputs, -self._log_det(outputs)
+        inputs = ops.cast(outputs, "float32") * ops.exp(-self._scale_log()) - self.bias
+        return ops.cast(inputs, outputs.dtype), -self._log_det(outputs)
 
     def get_config(self):
         config = super().get_config()

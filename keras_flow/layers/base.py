@@ -65,6 +65,21 @@ def sum_per_example(values):
     return ops.sum(ops.reshape(values, (ops.shape(values)[0], -1)), axis=1)
 
 
+def split_channels(values, first):
+    """`(values[..., :first], values[..., first:])` as one split (its gradient is a concat,
+    cheaper than the scatter that a strided slice's gradient needs)."""
+    return tuple(ops.split(values, [first], axis=-1))
+
+
+def deinterleave_channels(values):
+    """`(values[..., 0::2], values[..., 1::2])` of an even channel count, via a reshape to
+    `(..., channels // 2, 2)` and one split (no strided slices)."""
+    shape = ops.shape(values)
+    pairs = ops.reshape(values, tuple(shape[:-1]) + (values.shape[-1] // 2, 2))
+    even, odd = ops.split(pairs, 2, axis=-1)
+    return ops.squeeze(even, axis=-1), ops.squeeze(odd, axis=-1)
+
+
 def spatial_size(inputs):
     """`height * width` of a `(batch_size, height, width, channels)` tensor, as float32."""
     return ops.cast(ops.shape(inputs)[1] * ops.shape(inputs)[2], LOG_DET_DTYPE)

@@ -5,7 +5,8 @@ padded border and 0 inside ("edge padding"), so the network can tell image borde
 The border channel is the same for every image, so its contribution is a constant map,
 `conv_valid(border, W_edge)`; `EdgePaddedConv2D` adds that map to an ordinary zero-padded
 convolution of the input instead of concatenating a channel to every activation: the same
-function for a fraction of the cost.
+function for a fraction of the cost. The map is computed as one small matrix product of the
+border's (constant) patches with `W_edge`, whose gradient is cheap too.
 """
 
 import keras
@@ -16,8 +17,20 @@ def border_indicator(inputs, kernel_size):
     """`(1, H + k - 1, W + k - 1, 1)` map: 1 on the zero-padding border, 0 over the image."""
     pad = (kernel_size - 1) // 2
     shape = ops.shape(inputs)
-    inside = ops.ones((1, shape[1], shape[2], 1), dtype=inputs.dtype)
+    inside = ops.ones((1, shape[1], shape[2], 1), dtype="float32")
     return 1.0 - ops.pad(inside, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+
+def border_patches(inputs, kernel_size):
+    """`(H * W, k * k)` patches of the border map: `conv_valid(border, W_edge)` equals
+    `border_patches @ reshape(W_edge, (k * k, filters))`. A constant of the input's shape
+    (folded at trace time when the shape is static)."""
+    border = border_indicator(inputs, kernel_size)[0, :, :, 0]
+    shape = ops.shape(inputs)
+    height, width = shape[1], shape[2]
+    taps = [border[dy:dy + height, dx:dx + width]
+            for dy in range(kernel_size) for dx in range(kernel_size)]
+    return ops.reshape(ops.stack(taps, axis=-1), (-1, kernel_size * kernel_size))
 
 
 @keras.saving.register_keras_serializable(package="keras_flow")
@@ -25,6 +38,11 @@ class EdgePaddedConv2D(keras.layers.Layer):
     """Stride-1 'same' convolution with openai/glow's edge-padding channel (optional).
 
         y = conv_same(x, W) [+ conv_valid(border, W_edge)] [+ b]
+
+    `call(x, output_scale=s, output_shift=t)` returns `y * s + t` (per output channel) with the
+    scale folded into `W`, `W_edge` and `b`, so an actnorm after the convolution costs no pass
+    over the activations. Weights are float32 under every policy; the folded kernel is cast to
+    the compute dtype.
 
     Args:
         filters: output channels.
@@ -52,23 +70,41 @@ class EdgePaddedConv2D(keras.layers.Layer):
         k = self.kernel_size
         self.kernel = self.add_weight(
             name="kernel", shape=(k, k, input_shape[-1], self.filters),
-            initializer=self.kernel_initializer)
+            initializer=self.kernel_initializer, autocast=False)
         if self.edge_padding:
             self.edge_kernel = self.add_weight(
                 name="edge_kernel", shape=(k, k, 1, self.filters),
-                initializer=self.kernel_initializer)
+                initializer=self.kernel_initializer, autocast=False)
         if self.use_bias:
             self.bias = self.add_weight(
-                name="bias", shape=(self.filters,), initializer=self.bias_initializer)
+                name="bias", shape=(self.filters,), initializer=self.bias_initializer,
+                autocast=False)
 
-    def call(self, inputs):
-        outputs = ops.conv(inputs, self.kernel, padding="same")
-        if self.edge_padding:
-            border = border_indicator(inputs, self.kernel_size)
-            outputs = outputs + ops.conv(border, self.edge_kernel, padding="valid")
-        if self.use_bias:
-            outputs = outputs + self.bias
-        return outputs
+    def call(self, inputs, output_scale=None, output_shift=None):
+        kernel, offset = self.kernel, self.offset(inputs)
+        if output_scale is not None:  # (Keras casts tensor arguments to the compute dtype)
+            output_scale = ops.cast(output_scale, "float32")
+            kernel = kernel * output_scale
+            offset = None if offset is None else offset * output_scale
+        if output_shift is not None:
+            output_shift = ops.cast(output_shift, "float32")
+            offset = output_shift if offset is None else offset + output_shift
+        outputs = ops.conv(inputs, ops.cast(kernel, inputs.dtype), padding="same")
+        return outputs if offset is None else outputs + ops.cast(offset, outputs.dtype)
+
+    def offset(self, inputs):
+        """The part of the outputs that does not depend on the input values, float32: the
+        border term plus the bias, `(1, H, W, filters)` (or `(filters,)` without edge
+        padding; None without either)."""
+        offset = self.bias if self.use_bias else None
+        if not self.edge_padding:
+            return offset
+        k = self.kernel_size
+        shape = ops.shape(inputs)
+        border = ops.reshape(
+            ops.matmul(border_patches(inputs, k), ops.reshape(self.edge_kernel, (k * k, -1))),
+            (1, shape[1], shape[2], self.filters))
+        return border if offset is None else border + offset
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.filters,)
@@ -105,10 +141,11 @@ class ZeroConv2D(EdgePaddedConv2D):
 
     def build(self, input_shape):
         super().build(input_shape)
-        self.logs = self.add_weight(name="logs", shape=(self.filters,), initializer="zeros")
+        self.logs = self.add_weight(name="logs", shape=(self.filters,), initializer="zeros",
+                                    autocast=False)
 
     def call(self, inputs):
-        return super().call(inputs) * ops.exp(self.log_scale_factor * self.logs)
+        return super().call(inputs, output_scale=ops.exp(self.log_scale_factor * self.logs))
 
     def get_config(self):
         config = super().get_config()

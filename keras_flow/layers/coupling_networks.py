@@ -4,9 +4,22 @@ import keras
 from keras import ops
 
 from keras_flow.layers.actnorm import Actnorm
+from keras_flow.layers.actnorm import in_data_dependent_init
 from keras_flow.layers.convolutions import EdgePaddedConv2D
 from keras_flow.layers.convolutions import WeightNormConv2D
 from keras_flow.layers.convolutions import ZeroConv2D
+
+
+def normalized_conv(conv, actnorm, inputs):
+    """`actnorm(conv(inputs))`, with the actnorm folded into the convolution's kernel and bias
+    (`EdgePaddedConv2D.call(x, output_scale, output_shift)`): the same function without the
+    elementwise passes. During data-dependent initialisation the actnorm runs on the
+    convolution's output, which it needs to see."""
+    if in_data_dependent_init():
+        outputs, _ = actnorm(conv(inputs))
+        return outputs
+    scale, shift = actnorm.output_affine()
+    return conv(inputs, output_scale=scale, output_shift=shift)
 
 
 @keras.saving.register_keras_serializable(package="keras_flow")
@@ -51,8 +64,8 @@ class GlowCouplingNetwork(keras.layers.Layer):
         self.conv_out.build(hidden_shape)
 
     def call(self, inputs):
-        hidden, _ = self.norm_in(self.conv_in(inputs))
-        hidden, _ = self.norm_hidden(self.conv_hidden(ops.relu(hidden)))
+        hidden = normalized_conv(self.conv_in, self.norm_in, inputs)
+        hidden = normalized_conv(self.conv_hidden, self.norm_hidden, ops.relu(hidden))
         return self.conv_out(ops.relu(hidden))
 
     def compute_output_shape(self, input_shape):

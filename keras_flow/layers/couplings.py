@@ -4,7 +4,9 @@ import keras
 from keras import ops
 
 from keras_flow.layers.base import FlowLayer
+from keras_flow.layers.base import deinterleave_channels
 from keras_flow.layers.base import require_channels
+from keras_flow.layers.base import split_channels
 from keras_flow.layers.base import sum_per_example
 from keras_flow.layers.base import zero_log_det
 from keras_flow.layers.coupling_networks import GlowCouplingNetwork
@@ -85,46 +87,51 @@ class Coupling(FlowLayer):
                                      name="network", dtype=self.dtype_policy)
 
     def _split(self, inputs):
-        """Returns `(network input, changed part, active mask or None)`."""
+        """Returns `(network input, changed part, unchanged channels or None, active mask or
+        None)`: a channel mask passes its given half through, a checkerboard multiplies."""
         if self.mask == "checkerboard":
             mask = checkerboard(inputs, self.mask_parity)
             given = ops.concatenate(
                 [inputs * mask, ops.broadcast_to(mask, ops.shape(inputs)[:-1] + (1,))], axis=-1)
-            return given, inputs, 1.0 - mask
-        split = inputs.shape[-1] // 2
-        first, second = inputs[..., :split], inputs[..., split:]
-        return (first, second, None) if self.mask_parity == 0 else (second, first, None)
+            return given, inputs, None, 1.0 - mask
+        first, second = split_channels(inputs, inputs.shape[-1] // 2)
+        return (first, second, first, None) if self.mask_parity == 0 else (
+            second, first, second, None)
 
-    def _merge(self, inputs, changed):
-        if self.mask == "checkerboard":
+    def _merge(self, unchanged, changed):
+        if unchanged is None:
             return changed
-        split = inputs.shape[-1] // 2
-        parts = [inputs[..., :split], changed] if self.mask_parity == 0 else [
-            changed, inputs[..., split:]]
+        parts = [unchanged, changed] if self.mask_parity == 0 else [changed, unchanged]
         return ops.concatenate(parts, axis=-1)
 
     def _parameters(self, inputs):
-        given, changed, active = self._split(inputs)
+        """`(changed, unchanged, shift, log_scale)`; shift and log-scale in float32."""
+        given, changed, unchanged, active = self._split(inputs)
         shift, log_scale = self.shift_and_log_scale(self.network(given))
+        shift = ops.cast(shift, "float32")
         if active is not None:
+            active = ops.cast(active, "float32")
             shift = shift * active
-            log_scale = None if log_scale is None else log_scale * ops.cast(active, "float32")
-        return changed, shift, log_scale
+            log_scale = None if log_scale is None else log_scale * active
+        return changed, unchanged, shift, log_scale
 
     def forward(self, inputs):
-        changed, shift, log_scale = self._parameters(inputs)
-        outputs = changed + shift
-        if log_scale is None:
-            return self._merge(inputs, outputs), zero_log_det(inputs)
-        outputs = outputs * ops.cast(ops.exp(log_scale), outputs.dtype)
-        return self._merge(inputs, outputs), sum_per_example(log_scale)
+        changed, unchanged, shift, log_scale = self._parameters(inputs)
+        outputs = ops.cast(changed, "float32") + shift
+        log_det = zero_log_det(inputs)
+        if log_scale is not None:
+            outputs = outputs * ops.exp(log_scale)
+            log_det = sum_per_example(log_scale)
+        return self._merge(unchanged, ops.cast(outputs, changed.dtype)), log_det
 
     def inverse_call(self, outputs):
-        changed, shift, log_scale = self._parameters(outputs)
-        if log_scale is None:
-            return self._merge(outputs, changed - shift), zero_log_det(outputs)
-        inputs = changed * ops.cast(ops.exp(-log_scale), changed.dtype) - shift
-        return self._merge(outputs, inputs), -sum_per_example(log_scale)
+        changed, unchanged, shift, log_scale = self._parameters(outputs)
+        inputs = ops.cast(changed, "float32")
+        log_det = zero_log_det(outputs)
+        if log_scale is not None:
+            inputs = inputs * ops.exp(-log_scale)
+            log_det = -sum_per_example(log_scale)
+        return self._merge(unchanged, ops.cast(inputs - shift, changed.dtype)), log_det
 
     def shift_and_log_scale(self, h):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -217,7 +224,8 @@ class AffineCoupling(Coupling):
         super().build(input_shape)
 
     def shift_and_log_scale(self, h):
-        shift, raw = h[..., 0::2], ops.cast(h[..., 1::2], "float32")
+        shift, raw = deinterleave_channels(h)
+        raw = ops.cast(raw, "float32")
         if self.scale_fn == "sigmoid":
             log_scale = ops.log_sigmoid(raw + 2.0)
         elif self.scale_fn == "tanh":

@@ -38,12 +38,14 @@ def lu_decompose(matrix):
 
 
 def mix_channels(inputs, kernel):
-    """`y[b, i, j, :] = x[b, i, j, :] @ kernel`, as one matrix product over all pixels."""
+    """`y[b, i, j, :] = x[b, i, j, :] @ kernel`, as one matrix product over all pixels, in
+    float32 (so the map is exactly the `W` whose log-determinant is reported) and returned in
+    the input's dtype."""
     channels = kernel.shape[-1]
-    flat = ops.reshape(inputs, (-1, kernel.shape[0]))
+    flat = ops.reshape(ops.cast(inputs, "float32"), (-1, kernel.shape[0]))
     shape = ops.shape(inputs)
-    return ops.reshape(ops.matmul(flat, ops.cast(kernel, inputs.dtype)),
-                       (shape[0], shape[1], shape[2], channels))
+    outputs = ops.reshape(ops.matmul(flat, kernel), (shape[0], shape[1], shape[2], channels))
+    return ops.cast(outputs, inputs.dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_flow")
@@ -63,8 +65,9 @@ class InvConv1x1(FlowLayer):
     reports `supports_jit=False`.
 
     Both start from the same random rotation (Q of the QR of a seeded normal matrix). `W` and
-    `W^-1` are built in float32 whatever the policy; only the kernel handed to the matrix
-    product is cast to the compute dtype.
+    `W^-1` are built, and the channel mixing computed, in float32 whatever the policy (so
+    under mixed precision the map is the `W` whose log-determinant is reported); only the
+    outputs are cast to the compute dtype.
 
     Args:
         lu_decomposed: LU parameterisation (True) or plain W (False).

@@ -15,7 +15,9 @@ from keras import ops
 
 from keras_flow.layers.base import LOG_DET_DTYPE
 from keras_flow.layers.base import FlowLayer
+from keras_flow.layers.base import deinterleave_channels
 from keras_flow.layers.base import require_channels
+from keras_flow.layers.base import split_channels
 from keras_flow.layers.base import sum_per_example
 from keras_flow.layers.base import zero_log_det
 from keras_flow.layers.convolutions import ZeroConv2D
@@ -91,10 +93,10 @@ class Split2D(FlowLayer):
             shape = ops.shape(kept)[:-1] + (self.factored_channels,)
             return ops.zeros(shape, "float32"), ops.zeros(shape, "float32")
         h = self.prior(kept)
-        return h[..., 0::2], h[..., 1::2]
+        return deinterleave_channels(h)
 
     def forward(self, inputs):
-        kept, factored = inputs[..., :self.kept_channels], inputs[..., self.kept_channels:]
+        kept, factored = split_channels(inputs, self.kept_channels)
         eps, log_det = standardize(factored, *self._mean_and_log_std(kept))
         return (kept, eps), log_det
 
@@ -187,7 +189,7 @@ class TopPrior(FlowLayer):
             h = embedding if h is None else h + embedding
         if h is None:
             return None, None
-        return h[..., :self.channels], h[..., self.channels:]
+        return split_channels(h, self.channels)
 
     def forward(self, inputs, labels=None):
         mean, log_std = self._mean_and_log_std(inputs, labels)
