@@ -9,12 +9,13 @@ import importlib
 
 from keras_flow import layers
 from keras_flow import models
+from keras_flow import optimizers  # registers GlowAdamax / LinearWarmup for load_model
 from keras_flow.models import Glow
 from keras_flow.models import RealNVP
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = ("data", "preprocessing", "training")
+_LAZY_MODULES = ("data", "preprocessing", "training", "callbacks", "distribute")
 
 
 def __getattr__(name):

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# keras_flow on one NVIDIA GPU with Keras's JAX backend (the GPU machines carry JAX and PyTorch,
+# no TensorFlow): training / encode / sample images/s of W1 and of the cifar10 preset in
+# float32, bfloat16 and float16, the bits/dim agreement between precisions and the largest
+# batch that fits; prints a Markdown table for BENCHMARKS.md. Installs nothing from the network
+# and stops starting runs after DEADLINE_S seconds (default 420), so it ends within 8 minutes.
+#
+#   bash benchmarks/gpu.sh --prepare-wheels   # once, on a machine with network access: the
+#                                             # keras wheel and its missing deps into .whl/
+#   bash benchmarks/gpu.sh                    # on the GPU machine (with .whl/ beside it)
+#
+# With the device tool: run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=540).
+# XLA: JAX compiles every step with XLA, so there is no "XLA off" column on this backend
+# (Keras's jit_compile=False on JAX would run op by op); on TensorFlow compare --jit on/off.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+KERAS_VERSION="${KERAS_VERSION:-3.15.1}"
+if [ "${1:-}" = "--prepare-wheels" ]; then
+  # keras's requirements that the GPU image lacks (absl-py, h5py, ml-dtypes, numpy, packaging
+  # and rich are there): namex and optree. Python 3.12 wheels, as on the GPU image.
+  platforms=""
+  for n in 28 27 17; do platforms="$platforms --platform manylinux_2_${n}_x86_64"; done
+  exec python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp $platforms --platform manylinux2014_x86_64 -d .whl \
+    "keras==$KERAS_VERSION" namex optree
+fi
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/keras_flow_site .whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/keras_flow_site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
+if ! python3 -c "import keras, jax" 2>/dev/null; then
+  echo "keras or jax is not importable: run 'bash benchmarks/gpu.sh --prepare-wheels' on a" \
+       "machine with network access and carry .whl/ along." >&2
+  exit 1
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+
+DEADLINE_S="${DEADLINE_S:-420}" python3 - <<'EOF'
+"""Runs benchmarks/throughput.py per configuration (most wanted first) until the deadline."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+START, DEADLINE = time.time(), float(os.environ["DEADLINE_S"])
+CIFAR10 = ["--image-size", "32", "--channels", "3", "--levels", "3", "--depth", "32",
+           "--hidden-width", "512", "--batch-size", "64"]
+QUICK = ["--windows", "3", "--window-s", "1.0"]
+RUNS = [  # (label, flags)
+    ("W1", ["--workload", "W1", "--mixed-precision", "off"]),
+    ("W1", ["--workload", "W1", "--mixed-precision", "bf16", "--check-bpd"]),
+    ("cifar10", CIFAR10 + ["--mixed-precision", "bf16", "--check-bpd", "--no-sample"]),
+    ("cifar10", CIFAR10 + ["--mixed-precision", "off", "--no-sample"]),
+    ("W1", ["--workload", "W1", "--mixed-precision", "fp16", "--check-bpd", "--no-sample"]),
+    ("cifar10", CIFAR10 + ["--mixed-precision", "fp16", "--no-sample"]),
+]
+FIT_ONLY = ["--windows", "1", "--window-s", "0.5", "--no-encode", "--no-sample", "--no-peak"]
+
+
+def run(flags, limit=240):
+    left = DEADLINE - (time.time() - START)
+    if left < 45:
+        return {"error": "skipped: deadline"}
+    cmd = [sys.executable, "benchmarks/throughput.py", "--backend", "jax", "--jit", "on"] + flags
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=min(limit, left))
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out"}
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if out.returncode or not lines:
+        tail = out.stderr.strip().splitlines()[-1:] or ["?"]
+        return {"error": "failed: " + tail[0][:120]}
+    return json.loads(lines[-1])
+
+
+def cell(value, fmt="%.1f"):
+    return "-" if value is None else fmt % value
+
+
+rows = []
+for label, flags in RUNS:
+    record = run(flags + QUICK)
+    record["label"] = label
+    rows.append(record)
+    print(json.dumps(record), flush=True)
+
+# Largest batch of the cifar10 preset in bf16: extrapolate the device memory of batch 64
+# (minus weights, gradients and Adam's two moments) and check that batch once, then half.
+largest = "not measured"
+base = next((r for r in rows if r["label"] == "cifar10" and r.get("policy") == "mixed_bfloat16"
+             and r.get("device_peak_mb")), None)
+if base and base.get("device_limit_mb"):
+    fixed_mb = 4 * base["params_all"] * 4 / 2 ** 20
+    per_image_mb = max((base["device_peak_mb"] - fixed_mb) / 64, 1e-3)
+    guess = int((0.9 * base["device_limit_mb"] - fixed_mb) / per_image_mb) // 64 * 64
+    for batch in (guess, guess // 2):
+        if batch < 64:
+            break
+        flags = CIFAR10[:-1] + [str(batch), "--mixed-precision", "bf16"] + FIT_ONLY
+        record = run(flags)
+        if "error" not in record:
+            largest = "%d (%.0f img/s, %.0f MiB)" % (batch, record["train_img_s"],
+                                                   record["device_peak_mb"] or 0)
+            break
+        largest = "%d failed (%s)" % (batch, record["error"])
+
+device = next((r.get("device") for r in rows if r.get("device")), "?")
+print("\n## keras_flow on %s, JAX backend (XLA always on), %s\n" % (
+    device, time.strftime("%Y-%m-%d")))
+print("| workload | precision | batch | train img/s | encode img/s | sample img/s | params | "
+      "device peak MiB | bits/dim | vs float32 | 1st train call s |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for r in rows:
+    if "error" in r:
+        print("| %s | %s | | %s | | | | | | | |" % (r["label"], "?", r["error"]))
+        continue
+    print("| %s | %s | %d | %s | %s | %s | {:,} | %s | %s | %s | %s |".format(r["params"]) % (
+        r["label"], r["policy"], r["config"]["batch_size"], cell(r["train_img_s"]),
+        cell(r["encode_img_s"]), cell(r["sample_img_s"]), cell(r["device_peak_mb"], "%.0f"),
+        cell(r.get("bpd"), "%.4f"), cell(r.get("bpd_abs_diff"), "%.4f"),
+        cell(r["train_detail"]["first_call_s"])))
+print("\nLargest cifar10-preset batch in bf16: %s. Total %.0f s." % (largest, time.time() - START))
+EOF

@@ -1,0 +1,124 @@
+"""Markdown table of throughput JSON lines: keras_flow's (benchmarks/throughput.py) beside the
+peers' (../shared/peers/run.sh), with ratios to the fastest peer and fractions of the peak.
+
+    python benchmarks/report.py RESULTS.jsonl [MORE.jsonl ...] [--peak-gflops 350]
+
+Lines with the same implementation, precision and workload are merged (median of each
+metric); the train column then shows the range. Ratios compare each keras_flow row with the
+fastest peer's float32 figure of the same workload. The peak is the float32 matmul GFLOP/s
+of the peers' `limit` line (numpy / PyTorch), else of keras_flow's own measurement.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import WORKLOADS  # noqa: E402
+from throughput import glow_flops  # noqa: E402
+
+METRICS = ("train_img_s", "encode_img_s", "sample_img_s", "peak_rss_mb")
+
+
+def read_records(paths):
+    """`(records, peaks)`: throughput records and the peak GFLOP/s of any `limit` lines."""
+    records, peaks = [], []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if not line.startswith("{"):
+                continue
+            record = json.loads(line)
+            if "limit" in record:
+                peaks.append((record.get("peak") or {}).get("peak_gflops"))
+            elif record.get("peer") and not record.get("error"):
+                records.append(record)
+    return records, [p for p in peaks if p]
+
+
+def our_config(record):
+    """keras_flow's config keys for a peer's record (`height`, `steps`, `hidden`, ...)."""
+    config = record["config"]
+    if "image_size" in config:
+        return config
+    workload = WORKLOADS.get(record.get("workload"), {})
+    return dict(workload, image_size=config["height"], channels=config["channels"],
+                levels=config["levels"], depth=config["steps"], hidden_width=config["hidden"],
+                batch_size=config["batch"])
+
+
+def group(records):
+    groups = {}
+    for record in records:
+        key = (record.get("workload") or "custom", record["peer"],
+               record.get("policy", "float32"))
+        groups.setdefault(key, []).append(record)
+    return groups
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def table(records, peak):
+    groups = group(records)
+    fastest = {}
+    for (workload, peer, policy), rows in groups.items():
+        if peer != "keras_flow" and policy == "float32":
+            for metric in ("train_img_s", "encode_img_s"):
+                best = fastest.setdefault((workload, metric), (None, 0.0))
+                value = median(r[metric] for r in rows) or 0.0
+                if value > best[1]:
+                    fastest[(workload, metric)] = (peer, value)
+    lines = [
+        "| workload | implementation | precision | train img/s | vs fastest peer | "
+        "encode img/s | vs fastest peer | sample img/s | train % of peak | params | "
+        "peak RSS MB | runs |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (workload, peer, policy), rows in sorted(groups.items()):
+        med = {m: median(r.get(m) for r in rows) for m in METRICS}
+        trains = [r["train_img_s"] for r in rows if r.get("train_img_s")]
+        train = fmt(med["train_img_s"])
+        if len(trains) > 1:
+            train += " (%.0f-%.0f)" % (min(trains), max(trains))
+        flops = glow_flops(our_config(rows[0]))
+        share = (None if not (peak and med["train_img_s"])
+                 else 100.0 * med["train_img_s"] * flops["train"] / (peak * 1e9))
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | {:,} | %s | %d |".format(
+            rows[0]["params"]) % (
+            workload, peer, policy, train, ratio(med, fastest, workload, "train_img_s", peer),
+            fmt(med["encode_img_s"]), ratio(med, fastest, workload, "encode_img_s", peer),
+            fmt(med["sample_img_s"]), fmt(share, "%.1f%%"), fmt(med["peak_rss_mb"], "%.0f"),
+            len(rows)))
+    return "\n".join(lines)
+
+
+def ratio(med, fastest, workload, metric, peer):
+    best = fastest.get((workload, metric))
+    if peer != "keras_flow" or not best or not med[metric]:
+        return "-"
+    return "%.2fx (%s)" % (med[metric] / best[1], best[0])
+
+
+def fmt(value, pattern="%.1f"):
+    return "-" if value is None else pattern % value
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", help="files of JSON lines")
+    parser.add_argument("--peak-gflops", type=float, default=None,
+                        help="float32 matmul peak to use (default: from the files)")
+    args = parser.parse_args(argv)
+    records, peaks = read_records(args.results)
+    ours = [r.get("peak_fp32_matmul_gflops") for r in records if r["peer"] == "keras_flow"]
+    peak = args.peak_gflops or median(peaks) or median(ours)
+    print("float32 matmul peak: %s GFLOP/s\n" % fmt(peak, "%.0f"))
+    print(table(records, peak))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,397 @@
+"""Training, encoding and sampling throughput of a keras_flow Glow on this machine.
+
+    python benchmarks/throughput.py --workload W1                    # float32, TensorFlow
+    python benchmarks/throughput.py --workload W1 --mixed-precision bf16
+    python benchmarks/throughput.py --workload W2 --jit on
+    python benchmarks/throughput.py --backend jax --workload W1
+    python benchmarks/throughput.py --image-size 32 --channels 3 --levels 3 --depth 32 \
+        --hidden-width 512 --batch-size 64                           # the cifar10 preset
+
+Prints ONE JSON line with the keys of the peers' runners (`train_img_s`, `encode_img_s`,
+`sample_img_s`, `params`, `peak_rss_mb`), then the configuration, backend, dtype policy, the
+analytic FLOPs per image and each figure as a fraction of the machine's float32 matmul peak.
+
+Method (the peers' one): `--threads` intra-op and inter-op threads (2); for each metric two
+untimed calls (tracing, compilation), one window sized from the second to last about
+`--window-s` seconds, then `--windows` timed windows; the median images/s is reported.
+  - train: the model's compiled `train_step` (forward, bits/dim loss, backward, Adam update)
+    run by `model.fit` on the same in-memory batch repeated, one `fit` call per window;
+  - encode: a compiled `model.bits_per_dim(x)` (= log_prob plus a constant), i.e. x -> z;
+  - sample: a compiled `model.decode(noise)` with noise ~ N(0, 0.7^2) drawn per call.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import resource
+import statistics
+import sys
+import time
+
+WORKLOADS = {  # the reference workloads of the speed issue (and of ../shared/peers)
+    "W1": dict(image_size=32, channels=3, levels=3, depth=8, hidden_width=128, batch_size=32),
+    "W2": dict(image_size=32, channels=1, levels=3, depth=8, hidden_width=128, batch_size=64),
+    "cifar10": dict(image_size=32, channels=3, levels=3, depth=32, hidden_width=512,
+                    batch_size=64),
+}
+DEFAULTS = dict(image_size=32, channels=3, levels=3, depth=8, hidden_width=128, batch_size=32)
+POLICIES = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+TEMPERATURE = 0.7
+LEARNING_RATE = 1e-4
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workload", choices=sorted(WORKLOADS), default=None,
+                   help="shortcut for the shape flags (explicit flags still override it)")
+    p.add_argument("--image-size", type=int, default=None, help="height = width (32)")
+    p.add_argument("--channels", type=int, default=None, help="image channels (3)")
+    p.add_argument("--levels", type=int, default=None, help="Glow levels L (3)")
+    p.add_argument("--depth", type=int, default=None, help="steps per level K (8)")
+    p.add_argument("--hidden-width", type=int, default=None, help="coupling width (128)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (32)")
+    p.add_argument("--permutation", default="conv1x1", choices=("conv1x1", "shuffle", "reverse"))
+    p.add_argument("--lu", default="on", choices=("on", "off"),
+                   help="LU-decomposed 1x1 convolution (on)")
+    p.add_argument("--coupling", default="affine", choices=("affine", "additive"))
+    p.add_argument("--mixed-precision", default="off", choices=sorted(POLICIES),
+                   help="off = float32; bf16 = mixed_bfloat16; fp16 = mixed_float16 "
+                        "(with loss scaling; GPU)")
+    p.add_argument("--jit", default="auto", choices=("auto", "on", "off"),
+                   help="XLA for the train/encode/sample functions; auto = Keras's choice "
+                        "(off on CPU-only TensorFlow); the JAX backend always compiles")
+    p.add_argument("--backend", default="tensorflow", choices=("tensorflow", "jax"))
+    p.add_argument("--threads", type=int, default=2, help="intra-op and inter-op threads (2)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps per timed window (default: sized to --window-s)")
+    p.add_argument("--windows", type=int, default=5, help="timed windows; the median counts")
+    p.add_argument("--window-s", type=float, default=2.0, help="target window length (s)")
+    p.add_argument("--no-sample", action="store_true", help="skip the sampling measurement")
+    p.add_argument("--no-encode", action="store_true", help="skip the encode measurement")
+    p.add_argument("--peak-gflops", type=float, default=None,
+                   help="float32 matmul peak to use instead of measuring it (GFLOP/s)")
+    p.add_argument("--no-peak", action="store_true", help="do not measure the matmul peak")
+    p.add_argument("--check-bpd", action="store_true",
+                   help="also report the bits/dim of the batch after the training windows "
+                        "under this policy and under float32 with the same weights")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    shape = dict(DEFAULTS, **(WORKLOADS[args.workload] if args.workload else {}))
+    for key, value in shape.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.backend == "jax" and args.jit == "off":
+        p.error("--jit off is not meaningful on the JAX backend: Keras compiles every JAX step "
+                "with XLA (uncompiled it runs op by op). Use --jit auto or on.")
+    return args
+
+
+def configure_environment(args):
+    """Backend and thread counts; must run before keras / tensorflow / jax are imported."""
+    os.environ["KERAS_BACKEND"] = args.backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    n = str(args.threads)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ[var] = n
+    if args.backend == "tensorflow":
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+
+
+# --- the analytic FLOP count (convention of ../shared/peers/flops.py) ----------------------
+def glow_flops(config):
+    """Dense FLOPs per image (1 multiply-add = 2 FLOPs) of the forward pass x -> z, for a
+    `config` dict with image_size, channels, levels, depth, hidden_width, coupling and
+    permutation (the "config" of the JSON line).
+
+    Per step at level l (C = channels, P = pixels, h = hidden width): the 1x1 conv C*C, the
+    coupling network conv3x3(C/2 -> h), conv1x1(h -> h), conv3x3(h -> C) (affine: shift and
+    scale; additive: C/2 outputs); per split a conv3x3(C/2 -> C) prior. The edge-padding map
+    and the learned top prior act on one constant image per batch and are not counted.
+    Training is taken as 3x the forward pass (forward + two backward products).
+    """
+    side, hidden = config["image_size"], config["hidden_width"]
+    dense = 0
+    for level in range(1, config["levels"] + 1):
+        c = config["channels"] * 2 ** (level + 1)  # after the squeeze (half left the level before)
+        pixels = (side >> level) ** 2
+        half = c // 2
+        out = c if config.get("coupling", "affine") == "affine" else c - half
+        mixing = c * c if config.get("permutation", "conv1x1") == "conv1x1" else 0
+        step = 2 * pixels * (mixing + 9 * half * hidden + hidden * hidden + 9 * hidden * out)
+        dense += config["depth"] * step
+        if level < config["levels"]:
+            dense += 2 * pixels * 9 * half * c
+    return {"forward": dense, "train": 3 * dense}
+
+
+def accelerator(backend):
+    """The accelerator's name (e.g. 'NVIDIA H200'), or None on a CPU-only run."""
+    if backend == "jax":
+        import jax
+        device = jax.devices()[0]
+        return None if device.platform == "cpu" else device.device_kind
+    import tensorflow as tf
+    gpus = tf.config.list_physical_devices("GPU")
+    return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if (
+        gpus) else None
+
+
+def device_memory_mb(backend):
+    """`(peak in use so far, allocator limit)` of the accelerator's memory in MiB, or Nones."""
+    if backend == "jax":
+        import jax
+        stats = jax.devices()[0].memory_stats() or {}
+        peak, limit = stats.get("peak_bytes_in_use"), stats.get("bytes_limit")
+    else:
+        import tensorflow as tf
+        if not tf.config.list_physical_devices("GPU"):
+            return None, None
+        peak, limit = tf.config.experimental.get_memory_info("GPU:0")["peak"], None
+    return tuple(None if v is None else round(v / 2 ** 20, 1) for v in (peak, limit))
+
+
+def measure_peak_gflops(backend, size=2048, reps=5, dtype="float32"):
+    """Best `size`^2 matmul GFLOP/s of this backend (threads as configured; on a GPU 8192^2,
+    at the backend's default float32 matmul precision, which may use TF32)."""
+    from keras import ops
+    import numpy as np
+    if accelerator(backend):
+        size = 8192
+    rng = np.random.default_rng(0)
+    a = ops.cast(rng.standard_normal((size, size)).astype("float32"), dtype)
+    b = ops.cast(rng.standard_normal((size, size)).astype("float32"), dtype)
+    if backend == "jax":
+        import jax
+        mm = jax.jit(lambda u, v: u @ v)
+        run = lambda: mm(a, b).block_until_ready()  # noqa: E731
+    else:
+        import tensorflow as tf
+        run = lambda: float(tf.reduce_sum(tf.matmul(a, b)))  # noqa: E731
+    run()
+    best = 0.0
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run()
+        best = max(best, 2.0 * size ** 3 / (time.perf_counter() - t0) / 1e9)
+    return round(best, 1)
+
+
+# --- timing ----------------------------------------------------------------------------------
+def bench(fn, images_per_call, windows=5, window_s=2.0, calls=None):
+    """Two untimed calls, then `windows` windows of ~`window_s` s; median images/s, and the
+    median process CPU time per image (all threads; less sensitive to a busy machine).
+
+    `fn(n)` runs `n` calls and blocks until they are done; a window is one `fn(calls)`.
+    """
+    warm = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        fn(1)
+        warm.append(time.perf_counter() - t0)
+    if calls is None:
+        calls = max(1, int(round(window_s / max(warm[-1], 1e-6))))
+    rates, cpu = [], []
+    for _ in range(windows):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn(calls)
+        rates.append(calls * images_per_call / (time.perf_counter() - t0))
+        cpu.append((time.process_time() - c0) / (calls * images_per_call))
+    return {"img_s": round(statistics.median(rates), 2),
+            "windows_img_s": [round(r, 2) for r in rates],
+            "cpu_ms_per_img": round(1e3 * statistics.median(cpu), 3),
+            "calls_per_window": calls, "first_call_s": round(warm[0], 3)}
+
+
+def compiled(fn, model, backend, jit):
+    """`fn(*arrays)` compiled for the backend, reading the model's current weights."""
+    if backend == "jax":
+        import jax
+        import keras
+
+        def stateless(values, *arrays):
+            with keras.StatelessScope(state_mapping=list(zip(model.variables, values))):
+                return fn(*arrays)
+
+        jitted = jax.jit(stateless)
+        return lambda *arrays: jitted([v.value for v in model.variables], *arrays)
+    import tensorflow as tf
+    return tf.function(fn, jit_compile=bool(jit))
+
+
+def block(value):
+    """Waits for `value` (an array) and returns it as NumPy."""
+    from keras import ops
+    return ops.convert_to_numpy(value)
+
+
+def training_data(x, backend):
+    """The batch `x` repeated forever: a prefetched tf.data pipeline or a generator (JAX)."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+        return lambda: tf.data.Dataset.from_tensors(x).repeat().prefetch(2)
+
+    def forever():
+        while True:
+            yield (x,)
+
+    return forever
+
+
+# --- the model -------------------------------------------------------------------------------
+def build_model(args, policy):
+    import keras
+    import numpy as np
+    from keras_flow import Glow
+
+    keras.config.set_dtype_policy(policy)
+    random.seed(args.seed)  # Keras's unseeded initialisers draw from Python's generator
+    model = Glow(levels=args.levels, depth=args.depth, hidden_width=args.hidden_width,
+                 permutation=args.permutation, lu_decomposed=args.lu == "on",
+                 coupling=args.coupling, seed=args.seed,
+                 image_shape=(args.image_size, args.image_size, args.channels))
+    x = (np.random.default_rng(args.seed).random(
+        (args.batch_size, args.image_size, args.image_size, args.channels)) - 0.5
+         ).astype("float32")
+    model.initialize(x)
+    jit = {"auto": "auto", "on": True, "off": False}[args.jit]
+    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), jit_compile=jit)
+    return model, x
+
+
+def count_params(weights):
+    return int(sum(math.prod(w.shape) for w in weights))
+
+
+def mean_bits_per_dim(model, x, backend, jit):
+    """Mean bits/dim of `x` under `model`'s weights and policy (compiled)."""
+    fn = compiled(lambda images: model.bits_per_dim(images), model, backend, jit)
+    return float(block(fn(x)).mean())
+
+
+def precision_check(model, x, args, jit):
+    """Bits/dim of the benchmark batch with the trained weights under this run's policy and
+    under float32 (a float32 twin with the same weights): the mixed-precision error."""
+    import keras
+
+    policy_bpd = mean_bits_per_dim(model, x, args.backend, jit)
+    twin, _ = build_model(args, "float32")
+    twin.set_weights(model.get_weights())
+    float32_bpd = mean_bits_per_dim(twin, x, args.backend, jit)
+    keras.config.set_dtype_policy(POLICIES[args.mixed_precision])
+    return {"bpd": round(policy_bpd, 5), "bpd_float32": round(float32_bpd, 5),
+            "bpd_abs_diff": round(abs(policy_bpd - float32_bpd), 5)}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    configure_environment(args)
+    import keras
+    import numpy as np
+    from keras import ops
+
+    rss_after_import = current_rss_mb()
+    policy = POLICIES[args.mixed_precision]
+    peak = args.peak_gflops
+    if peak is None and not args.no_peak:
+        peak = measure_peak_gflops(args.backend)
+    model, x = build_model(args, policy)
+    batch = args.batch_size
+    jit = bool(model.jit_compile)
+    data = training_data(x, args.backend)
+    losses = []
+
+    def train(n):
+        history = model.fit(data(), epochs=1, steps_per_epoch=n, verbose=0, shuffle=False)
+        losses.append(history.history["loss"][-1])
+
+    train_stats = bench(train, batch, args.windows, args.window_s, args.steps)
+    encode_stats = sample_stats = None
+    x_tensor = ops.convert_to_tensor(x)
+    if not args.no_encode:
+        encode_fn = compiled(lambda images: model.bits_per_dim(images), model, args.backend, jit)
+
+        def encode(n):
+            for _ in range(n):
+                block(encode_fn(x_tensor))
+
+        encode_stats = bench(encode, batch, args.windows, args.window_s)
+    if not args.no_sample:
+        decode_fn = compiled(lambda *eps: model.decode(list(eps)), model, args.backend, jit)
+        rng = np.random.default_rng(args.seed)
+
+        def sample(n):
+            for _ in range(n):
+                noise = [(TEMPERATURE * rng.standard_normal((batch,) + tuple(s)))
+                         .astype("float32") for s in model.latent_shapes]
+                block(decode_fn(*noise))
+
+        sample_stats = bench(sample, batch, args.windows, args.window_s)
+
+    config = dict(image_size=args.image_size, channels=args.channels, levels=args.levels,
+                  depth=args.depth, hidden_width=args.hidden_width, batch_size=args.batch_size,
+                  permutation=args.permutation, lu=args.lu, coupling=args.coupling)
+    flops = glow_flops(config)
+
+    def fraction(stats, kind):
+        if stats is None or not peak:
+            return None
+        return round(stats["img_s"] * flops[kind] / (peak * 1e9), 4)
+
+    record = {
+        "peer": "keras_flow",
+        "workload": args.workload,
+        "params": count_params(model.trainable_weights),
+        "train_img_s": train_stats["img_s"],
+        "encode_img_s": encode_stats and encode_stats["img_s"],
+        "sample_img_s": sample_stats and sample_stats["img_s"],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "device": accelerator(args.backend) or platform.processor() or "cpu",
+        "device_peak_mb": device_memory_mb(args.backend)[0],
+        "device_limit_mb": device_memory_mb(args.backend)[1],
+        "config": config,
+        "backend": args.backend,
+        "policy": policy,
+        "jit_compile": jit,
+        "threads": args.threads,
+        "params_all": count_params(model.weights),
+        "forward_gflop_per_img": round(flops["forward"] / 1e9, 4),
+        "train_gflop_per_img": round(flops["train"] / 1e9, 4),
+        "peak_fp32_matmul_gflops": peak,
+        "train_fraction_of_peak": fraction(train_stats, "train"),
+        "encode_fraction_of_peak": fraction(encode_stats, "forward"),
+        "sample_fraction_of_peak": fraction(sample_stats, "forward"),
+        "train_detail": train_stats,
+        "encode_detail": encode_stats,
+        "sample_detail": sample_stats,
+        "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
+        "rss_after_import_mb": rss_after_import,
+        "versions": {"keras": keras.__version__, "python": platform.python_version()},
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "tensorflow_imported": "tensorflow" in sys.modules,
+    }
+    if args.check_bpd:
+        record.update(precision_check(model, x, args, jit))
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+def current_rss_mb():
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
+    return None
+
+
+if __name__ == "__main__":
+    main()
