@@ -1,15 +1,20 @@
 """What Glow and RealNVP share: the likelihood objective, `add_loss`, and the user-facing API."""
 
 import math
+import numbers
+import warnings
 
 import keras
+import numpy as np
 from keras import ops
 
+from keras_flow.layers.actnorm import Actnorm
 from keras_flow.layers.actnorm import data_dependent_init
 from keras_flow.layers.convolutions import ZeroConv2D
 from keras_flow.layers.priors import standard_normal_log_prob
 
 LN2 = math.log(2.0)
+PREPROCESSED_TOLERANCE = 1e-3  # slack on [-0.5, 0.5] for the inputs' range check
 
 
 def unpack_inputs(inputs):
@@ -25,6 +30,44 @@ def unpack_inputs(inputs):
 
 def image_input_shape(input_shape):
     return tuple(input_shape["image"]) if isinstance(input_shape, dict) else tuple(input_shape)
+
+
+def tf_distribute():
+    """`keras_flow.distribute` on the TensorFlow backend (the only one with `tf.distribute`),
+    else None; imported on first use, so the core runs without TensorFlow."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    from keras_flow import distribute
+
+    return distribute
+
+
+def check_preprocessed(images, what="images"):
+    """Raises `ValueError` if `images` (NumPy-convertible) hold NaN/Inf, and warns if they
+    leave [-0.5, 0.5], the range of `keras_flow.preprocessing.preprocess` (other continuous
+    data is allowed, but for images it usually means they were not preprocessed)."""
+    values = np.asarray(ops.convert_to_numpy(ops.cast(images, "float32")))
+    if values.size == 0:
+        return
+    if not np.all(np.isfinite(values)):
+        raise ValueError(
+            f"The {what} hold {values.size - np.count_nonzero(np.isfinite(values))} NaN/Inf "
+            "values; remove or repair those images.")
+    low, high = float(values.min()), float(values.max())
+    if low < -0.5 - PREPROCESSED_TOLERANCE or high > 0.5 + PREPROCESSED_TOLERANCE:
+        warnings.warn(
+            f"The {what} span [{low:.4g}, {high:.4g}]; a flow expects dequantised images in "
+            "[-0.5, 0.5] (bits/dim assume it). Preprocess uint8 images with "
+            "keras_flow.preprocessing.preprocess(images, n_bits) (keras_flow.data.load does "
+            "it).", stacklevel=3)
+
+
+class ActnormCheck(keras.callbacks.Callback):
+    """Added by `FlowModel.fit` last, so its `on_train_begin` runs after any restoring
+    callback's: raises if the model trains on several replicas with an uninitialised actnorm."""
+
+    def on_train_begin(self, logs=None):
+        self.model.check_initialized_for_fit()
 
 
 class FlowModel(keras.Model):
@@ -94,6 +137,30 @@ class FlowModel(keras.Model):
                 f"This model was built for images of shape {self.image_shape}; received "
                 f"{tuple(shape[1:])}. Resize the images or build a new model.")
 
+    def check_inputs(self, images, labels=None):
+        """Raises `ValueError` for images whose shape does not fit the built model (e.g. 3
+        channels for a model built for 1) and for labels that do not fit its conditioning."""
+        shape = tuple(images.shape)
+        if self.image_shape is not None and (len(shape) != 4 or any(
+                got is not None and got != want for got, want in zip(shape[1:], self.image_shape))):
+            raise ValueError(
+                f"This model was built for images of shape {self.image_shape} (height, width, "
+                f"channels); received {shape[1:]}. Resize or convert the images (grey <-> RGB) "
+                "to that shape, or build a new model for them.")
+        self.check_labels(labels)
+
+    def check_labels(self, labels):
+        """Raises `ValueError` for labels given to an unconditional model, or none given to a
+        class-conditional one."""
+        if self.num_classes and labels is None:
+            raise ValueError(
+                f"This model is class-conditional (num_classes={self.num_classes}); pass labels, "
+                "int (batch_size,) (to call or fit: a dict {'image': ..., 'label': ...}).")
+        if not self.num_classes and labels is not None:
+            raise ValueError(
+                "Labels were given to an unconditional model; drop them, or build the model "
+                "with num_classes > 0 (CLI: --conditional).")
+
     def check_built(self):
         if self.latent_shapes is None:
             raise ValueError(
@@ -118,6 +185,7 @@ class FlowModel(keras.Model):
             model; shapes `self.latent_shapes`) and `log|det d eps / d x|`, float32
             `(batch_size,)`.
         """
+        self.check_inputs(images, labels)
         eps_list, log_det, _ = self.encode_with_top(images, labels, training=False)
         return eps_list, log_det
 
@@ -140,6 +208,7 @@ class FlowModel(keras.Model):
 
     def call(self, inputs, training=None):
         images, labels = unpack_inputs(inputs)
+        self.check_inputs(images, labels)
         eps_list, log_det, z_top = self.encode_with_top(images, labels, training=training)
         bits = self._bits_per_dim(self._log_prob(eps_list, log_det))
         objective = ops.mean(bits)
@@ -158,6 +227,33 @@ class FlowModel(keras.Model):
             ops.cast(labels, "int32"), logits, from_logits=True)
         return xent / LN2
 
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            **kwargs):
+        """`keras.Model.fit`; under a `tf.distribute` strategy with several replicas it first
+        checks that every actnorm is initialised (see `check_initialized_for_fit`)."""
+        if batch_size is not None and (not isinstance(batch_size, numbers.Integral)
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or None; got {batch_size!r}.")
+        if isinstance(x, (np.ndarray, dict)):
+            images, labels = unpack_inputs(x)
+            self.check_inputs(images, labels)
+            check_preprocessed(images, "training images")
+        if not isinstance(callbacks, keras.callbacks.CallbackList):
+            callbacks = list(callbacks or []) + [ActnormCheck()]
+        return super().fit(x, y, batch_size, epochs, verbose, callbacks, **kwargs)
+
+    def train_step(self, *args):
+        return self._step_logs(super().train_step(*args))
+
+    def test_step(self, *args):
+        return self._step_logs(super().test_step(*args))
+
+    def _step_logs(self, logs):
+        """On TensorFlow, `keras_flow.distribute.reducible_logs` (multi-worker `fit` fix)."""
+        distribute = tf_distribute()
+        return logs if distribute is None else distribute.reducible_logs(
+            logs, self.distribute_strategy)
+
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         self.bits_per_dim_tracker.update_state(y_pred)
         return super().compute_metrics(x, y, y_pred, sample_weight)
@@ -169,7 +265,9 @@ class FlowModel(keras.Model):
         Runs one eager forward pass in which each not-yet-initialised `Actnorm` sets its bias
         and scale from the activations it receives (which the layers before it have already
         normalised), as openai/glow does. Layers that are already initialised (e.g. after a
-        reload) keep their values. Call it once before `fit`, outside any compiled function;
+        reload) keep their values, and the pass runs in inference mode, so nothing else moves
+        (RealNVP's batch-norm statistics included: for it this only builds the model).
+        Call it once before `fit`, outside any compiled function;
         under a `tf.distribute` strategy call it inside `strategy.scope()` (not in a replica
         context): the values are then the same on every replica.
 
@@ -177,17 +275,47 @@ class FlowModel(keras.Model):
             images: `(batch_size, H, W, C)` preprocessed (dequantised) training images.
             labels: int `(batch_size,)` for a class-conditional model.
         """
+        distribute = tf_distribute()
+        if distribute is not None and distribute.in_replica_context():
+            raise RuntimeError(
+                "model.initialize(batch) was called in a replica context (a strategy.run or "
+                "training-step function), where each replica would initialise actnorm from its "
+                "own shard and the replicas would diverge. Call model.initialize(batch) inside "
+                "strategy.scope(), not in a replica/step function.")
         images = ops.convert_to_tensor(images)
         if not self.built:
             self.build(tuple(images.shape))
+        self.check_inputs(images, labels)
+        check_preprocessed(images, "initialisation images")
         with data_dependent_init():
-            self.encode_with_top(ops.cast(images, self.compute_dtype), labels, training=True)
+            self.encode_with_top(ops.cast(images, self.compute_dtype), labels, training=False)
+
+    def uninitialized_actnorms(self):
+        """Names of the actnorms not yet initialised from data (by `initialize` or a reload)."""
+        return [layer.path for layer in self._flatten_layers()
+                if isinstance(layer, Actnorm) and layer.built and not layer.is_initialized]
+
+    def check_initialized_for_fit(self):
+        """Raises `RuntimeError` if the model trains on several replicas (`tf.distribute`) and
+        an actnorm is uninitialised: under a strategy the data-dependent initialisation must
+        run once, before `fit`, in the cross-replica context."""
+        distribute = tf_distribute()
+        if distribute is None or distribute.num_replicas(self.distribute_strategy) < 2:
+            return
+        missing = self.uninitialized_actnorms()
+        if missing:
+            raise RuntimeError(
+                f"{len(missing)} actnorm layers are not initialised (e.g. {missing[0]!r}) and "
+                f"the model trains on {distribute.num_replicas(self.distribute_strategy)} "
+                "replicas. Call model.initialize(batch) inside strategy.scope() before fit "
+                "(once, not in a replica/step function), or restore initialised weights.")
 
     def latent_noise(self, num_samples, temperature=1.0, seed=None):
         """Standard normal latents scaled by `temperature`, one per level (float32)."""
         self.check_built()
-        if isinstance(temperature, (int, float)) and temperature < 0:
-            raise ValueError(f"temperature must be >= 0; got {temperature}.")
+        if isinstance(temperature, (int, float)) and not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0: the mode, 1: the model's own "
+                             f"spread); got {temperature}.")
         noise = []
         for index, shape in enumerate(self.latent_shapes):
             level_seed = None if seed is None else int(seed) * 1009 + index
@@ -202,10 +330,9 @@ class FlowModel(keras.Model):
         Returns: `(num_samples, H, W, C)` images in about [-0.5, 0.5] (see
         `keras_flow.preprocessing.postprocess` for uint8).
         """
-        if self.num_classes and labels is None:
-            raise ValueError(
-                f"This model is class-conditional (num_classes={self.num_classes}); pass "
-                "labels, int (num_samples,).")
+        if not isinstance(num_samples, numbers.Integral) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer; got {num_samples!r}.")
+        self.check_labels(labels)
         return self.decode(self.latent_noise(num_samples, temperature, seed), labels)
 
     def get_config(self):

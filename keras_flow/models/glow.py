@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_flow.layers.actnorm import in_data_dependent_init
 from keras_flow.layers.flow_step import COUPLINGS
 from keras_flow.layers.flow_step import PERMUTATIONS
 from keras_flow.layers.flow_step import FlowStep
@@ -44,6 +45,13 @@ class Glow(FlowModel):
         edge_padding: openai/glow's border channel in every 3x3 conv (True).
         image_shape: `(H, W, C)`; when given the model is built at once.
         seed: seeds the shuffles and the 1x1 convolutions (each step its own).
+        remat: gradient checkpointing (False). In training, each step of flow keeps only its
+            input for the backward pass and recomputes its activations there (`keras.remat`
+            around the step): activation memory drops from all steps' activations to their
+            inputs plus one step's, for about one more forward pass of compute. The log-dets
+            are outputs of the recomputed steps, so the `add_loss` objective keeps its full
+            gradient (unlike `keras.RematScope`, which would wrap the model's own `call` and
+            cut the objective off from the weights).
 
     Example:
         >>> model = keras_flow.Glow(levels=2, depth=4, hidden_width=64, image_shape=(8, 8, 1))
@@ -59,7 +67,7 @@ class Glow(FlowModel):
     def __init__(self, levels=3, depth=32, hidden_width=512, permutation="conv1x1",
                  lu_decomposed=True, coupling="affine", learn_top=True, num_classes=0,
                  classifier_weight=0.0, num_bins=256, edge_padding=True, image_shape=None,
-                 seed=0, **kwargs):
+                 seed=0, remat=False, **kwargs):
         super().__init__(num_bins=num_bins, num_classes=num_classes,
                          classifier_weight=classifier_weight, image_shape=image_shape,
                          seed=seed, **kwargs)
@@ -79,6 +87,7 @@ class Glow(FlowModel):
         self.coupling = coupling
         self.learn_top = bool(learn_top)
         self.edge_padding = bool(edge_padding)
+        self.remat = bool(remat)
         policy = self.dtype_policy
         self.squeezes = [Squeeze(name=f"squeeze_{i}", dtype=policy) for i in range(self.levels)]
         self.steps = [
@@ -128,7 +137,7 @@ class Glow(FlowModel):
         for level in range(self.levels):
             z, _ = self.squeezes[level](z)
             for step in self.steps[level]:
-                z, step_log_det = step(z)
+                z, step_log_det = self._run_step(step, z, training)
                 log_det = log_det + step_log_det
             if level < self.levels - 1:
                 (z, eps), split_log_det = self.splits[level](z)
@@ -137,6 +146,13 @@ class Glow(FlowModel):
         eps, top_log_det = self.top_prior(z, labels=labels)
         eps_list.append(eps)
         return eps_list, log_det + top_log_det, z
+
+    def _run_step(self, step, z, training):
+        """`step(z)`, recomputed in the backward pass when `remat` is on (training only; not
+        during the data-dependent initialisation, which assigns weights)."""
+        if self.remat and training and not in_data_dependent_init():
+            return keras.remat(step)(z)
+        return step(z)
 
     def decode(self, eps_list, labels=None):
         """Standardised latents -> images, the exact inverse of `encode`.
@@ -167,5 +183,5 @@ class Glow(FlowModel):
         config.update(levels=self.levels, depth=self.depth, hidden_width=self.hidden_width,
                       permutation=self.permutation, lu_decomposed=self.lu_decomposed,
                       coupling=self.coupling, learn_top=self.learn_top,
-                      edge_padding=self.edge_padding)
+                      edge_padding=self.edge_padding, remat=self.remat)
         return config
