@@ -6,7 +6,9 @@
 Every flag is a field of `keras_flow.training.TrainConfig` (same name, dashes for
 underscores), documented with its default by `--help`. Re-running the same command after an
 interruption resumes from the last checkpoint. Invalid flags or data end with one line
-`error: <message>` on stderr and exit status 2.
+`error: <message>` on stderr and exit status 2; a non-finite loss with one such line (where it
+appeared, what to try) and exit status 3; Ctrl-C saves a checkpoint of the current step, says
+where it is, and exits with status 130.
 """
 
 import argparse
@@ -79,18 +81,30 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     from keras_flow import training
+    from keras_flow.interrupts import TrainingInterrupted
+    from keras_flow.numerics import NonFiniteLossError
 
     try:
         training.train(training.TrainConfig(**vars(args)))
     except (ValueError, FileNotFoundError, TypeError, NotADirectoryError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return _error(error, 2)
+    except NonFiniteLossError as error:
+        return _error(error, 3)
+    except TrainingInterrupted as interrupted:
+        print(interrupted, file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume from the last checkpoint",
               file=sys.stderr)
         return 130
     return 0
+
+
+def _error(error, status):
+    """Prints `error: <message>` as one line on stderr; returns `status`."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"error: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

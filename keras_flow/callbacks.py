@@ -18,6 +18,8 @@ from keras import ops
 from keras_flow import files
 from keras_flow.image_grid import make_grid
 from keras_flow.image_grid import save_png
+from keras_flow.numerics import NonFiniteLossError
+from keras_flow.numerics import all_finite
 
 CHECKPOINT_STATE = "state.json"
 CHECKPOINT_PATTERN = "ckpt-*.weights.h5"
@@ -377,6 +379,8 @@ class Checkpoint(keras.callbacks.Callback):
     optimizer's step count, moments and EMA) plus `state.json` naming that file and the
     global step; the file is written before the state that names it, and older files are
     deleted after, so a kill at any moment leaves one consistent pair. `restore` reloads it.
+    Non-finite weights are never saved: `save` raises `NonFiniteLossError` instead, so the
+    last checkpoint stays a good one.
 
     Args:
         folder: the checkpoint folder (`<out>/checkpoints`).
@@ -414,6 +418,11 @@ class Checkpoint(keras.callbacks.Callback):
         step = self.counter.step
         if step == self.saved_step and not finished:
             return
+        if not all_finite(self.model.weights):
+            raise NonFiniteLossError(
+                f"The weights are non-finite at step {step}; not saving them, so the last "
+                f"checkpoint in {self.folder} stays as it was. Lower the learning rate or "
+                "clip the gradients, and resume from it.", step=step)
         name = f"ckpt-{step:09d}.weights.h5"
         with files.atomic_path(self.folder / name) as temporary:
             self.model.save_weights(temporary)

@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import math
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -39,6 +40,8 @@ import numpy as np
 
 from keras_flow import callbacks as flow_callbacks
 from keras_flow import files
+from keras_flow import interrupts
+from keras_flow import numerics
 from keras_flow.models import GLOW_PRESETS
 from keras_flow.models import REALNVP_PRESETS
 from keras_flow.models import Glow
@@ -53,7 +56,14 @@ FIT_MODES = ("pad", "resize", "error")
 STRATEGIES = ("default", "mirrored", "multi-worker")
 DEFAULTS = dict(n_bits=8, batch_size=64, lr=1e-3, epochs=10, warmup="1epoch", ema=0.0)
 # Options that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = ("out", "epochs", "max_seconds", "checkpoint_every", "verbose")
+RESUMABLE_CHANGES = ("out", "epochs", "max_seconds", "checkpoint_every", "verbose", "overwrite")
+# ...and, when `out` names the folder, these too: to continue a run that diverged.
+RECOVERY_CHANGES = ("lr", "clip_norm")
+# What a run writes in its folder; `overwrite` deletes these, and nothing else.
+RUN_FILES = ("config.json", "checkpoints", "samples", "tensorboard", "export", "model.keras",
+             "metrics.json", "history.json", "best.json", "best.weights.npz",
+             "bits_per_dim.png", "samples_T*.png")
+BAD_FILE_MODES = ("skip", "error")
 GLOW_ONLY = ("depth", "permutation", "coupling", "lu", "learn_top")
 
 
@@ -75,6 +85,9 @@ class TrainConfig:
     image_size: int = _option(None, "resize images to SIZE x SIZE first (default: keep)")
     fit: str = _option("pad", "when the size does not divide by 2**levels: zero-pad, resize "
                        "or stop with an error (never crop)", choices=FIT_MODES)
+    on_bad_file: str = _option("skip", "folder:PATH images that cannot be read: skip them "
+                               "(counted in a warning) or stop with an error naming the file",
+                               choices=BAD_FILE_MODES)
     model: str = _option("glow", "flow architecture", choices=tuple(MODELS))
     preset: str = _option("auto", "named configuration (models/presets.py), 'auto' for the "
                           "one named like the dataset if any, or 'none'")
@@ -115,6 +128,8 @@ class TrainConfig:
                                    "initialisation")
     out: str = _option(None, "output folder (default runs/<dataset>-<model>-<time>, or the "
                        "unfinished run of the same configuration, which is resumed)")
+    overwrite: bool = _option(False, "start over in --out even if it holds another or a "
+                              "finished run (deletes that run's files; other files stay)")
     checkpoint_every: int = _option(500, "steps between checkpoints (also at every epoch "
                                     "end; 0: epoch ends only)")
     mixed_precision: str = _option("off", "off: float32; bf16 / fp16: mixed precision "
@@ -304,14 +319,41 @@ def output_folder(config):
 
 
 def check_output_folder(out, config):
-    if (out / "metrics.json").exists():
+    """Refuses (`ValueError`) a folder that holds a finished run or a run of a different
+    configuration (`lr` and `clip_norm` may change); with `config.overwrite` it deletes that
+    run's files (`RUN_FILES`) instead."""
+    saved = files.read_json(out / "config.json")
+    finished = (out / "metrics.json").exists()
+    if config.overwrite and (saved is not None or finished):
+        remove_run(out)
+        return
+    if finished:
         raise ValueError(f"{out} already holds a finished run (metrics.json); choose another "
-                         "--out, or delete the folder to train again.")
-    differences = _config_differences(files.read_json(out / "config.json"), config)
+                         "--out, or pass --overwrite to train again (deletes that run's files).")
+    differences = _config_differences(saved, config, RESUMABLE_CHANGES + RECOVERY_CHANGES)
     if differences:
+        changes = ", ".join(f"{key} (saved {_show(saved.get(key))}, now "
+                            f"{_show(getattr(config, key))})" for key in differences)
         raise ValueError(f"{out} holds a run with a different configuration (differs in: "
-                         f"{', '.join(differences)}); use another --out, or the same options "
-                         "to resume it.")
+                         f"{changes}); use another --out, rerun with the saved options to "
+                         "resume it, or pass --overwrite to start over (deletes that run's "
+                         "files).")
+
+
+def remove_run(out):
+    """Deletes what a run wrote in `out` (`RUN_FILES`); other files stay."""
+    for pattern in RUN_FILES:
+        for path in Path(out).glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+def _show(value):
+    if isinstance(value, (list, tuple)):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _is_resumable(folder, config):
@@ -321,14 +363,13 @@ def _is_resumable(folder, config):
             and not _config_differences(saved, config))
 
 
-def _config_differences(saved, config):
-    """Options (other than RESUMABLE_CHANGES) in which a saved config.json differs."""
+def _config_differences(saved, config, allowed=RESUMABLE_CHANGES):
+    """Options (other than `allowed`) in which a saved config.json differs."""
     if saved is None:
         return []
     current = dataclasses.asdict(config)
     current["temperatures"] = list(current["temperatures"])
-    return [key for key in current if key not in RESUMABLE_CHANGES
-            and saved.get(key) != current[key]]
+    return [key for key in current if key not in allowed and saved.get(key) != current[key]]
 
 
 def _slug(dataset):
@@ -350,7 +391,8 @@ def load_data(config):
     return data.load(config.dataset, batch_size=config.batch_size, n_bits=config.n_bits,
                      levels=squeezes(config), image_size=config.image_size, fit=config.fit,
                      validation_fraction=config.validation_fraction,
-                     with_labels=config.conditional, seed=config.seed)
+                     with_labels=config.conditional, seed=config.seed,
+                     on_bad_file=config.on_bad_file)
 
 
 def make_plan(config, out, data):
@@ -415,8 +457,11 @@ class _Fitted:
     seconds: float
 
 
-def make_callbacks(model, data, plan, initial_step):
-    """The training callbacks, in the order they must run; see `keras_flow.callbacks`."""
+def make_callbacks(model, data, plan, initial_step, interrupt=None):
+    """The training callbacks, in the order they must run; see `keras_flow.callbacks`. The
+    non-finite guard (`keras_flow.numerics`) and the Ctrl-C stop (`keras_flow.interrupts`,
+    with the `InterruptRequest` `interrupt`) come before the checkpoint: both raise before it
+    could save a non-finite or half-stepped state."""
     config, out = plan.config, plan.out
     counter = flow_callbacks.StepCounter(initial_step)
     time_limit = flow_callbacks.TimeLimit(config.max_seconds or math.inf)
@@ -430,22 +475,57 @@ def make_callbacks(model, data, plan, initial_step):
                                            plan.total_steps, time_limit)
     tensorboard = keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False,
                                               profile_batch=0)
-    callbacks = [counter, time_limit, checkpoint, held_out, keep_best, samples, history,
-                 tensorboard]
+    guard = numerics.NonFiniteGuard(data.train, counter, advice=_divergence_advice(config),
+                                    checkpoint=lambda: _last_checkpoint_note(out))
+    stop = [] if interrupt is None else [interrupts.StopOnInterrupt(
+        interrupt, checkpoint.save, lambda: _interrupted_message(plan))]
+    callbacks = [counter, time_limit, guard, *stop, checkpoint, held_out, keep_best, samples,
+                 history, tensorboard]
     return callbacks, _Fitted(counter, keep_best, time_limit, 0.0)
+
+
+def _divergence_advice(config):
+    """What to try after a non-finite loss, as flags with the run's current values."""
+    clipping = ("gradient clipping (--clip-norm 50)" if not config.clip_norm else
+                f"tighter clipping (--clip-norm {config.clip_norm / 2:g}, now "
+                f"{config.clip_norm:g})")
+    tries = [f"a longer warm-up (--warmup, now {config.warmup})",
+             f"a lower learning rate (--lr {config.lr / 2:g}, now {config.lr:g})", clipping]
+    if config.n_bits > 5:
+        tries.append(f"fewer bits per channel (--n-bits 5, now {config.n_bits})")
+    if config.mixed_precision == "fp16":
+        tries.append("--mixed-precision bf16 or off")
+    return f"Try {', '.join(tries[:-1])}, or {tries[-1]}."
+
+
+def _last_checkpoint_note(out):
+    state = files.read_json(Path(out) / "checkpoints" / flow_callbacks.CHECKPOINT_STATE)
+    if state is None:
+        return "No checkpoint had been written yet."
+    return (f"The last good checkpoint (step {state['step']}) is "
+            f"{Path(out) / 'checkpoints' / state['weights']}, unchanged; to continue from it, "
+            "rerun with the same --out and a lower --lr or a --clip-norm.")
+
+
+def _interrupted_message(plan):
+    state = files.read_json(plan.out / "checkpoints" / flow_callbacks.CHECKPOINT_STATE)
+    return (f"Interrupted at step {state['step']} of {plan.total_steps}: checkpoint saved in "
+            f"{plan.out / 'checkpoints'} ({state['weights']}). Rerun the same command to "
+            "resume from it.")
 
 
 def fit(model, data, plan, state):
     """Fits from the checkpointed step to the last; an interrupted epoch is finished first."""
     initial_step = 0 if state is None else state["step"]
-    callbacks, fitted = make_callbacks(model, data, plan, initial_step)
     if state is not None and state["finished"]:
-        return fitted
+        return make_callbacks(model, data, plan, initial_step)[1]
     epoch, batch = divmod(initial_step, plan.steps_per_epoch)
     train = data.train.repeat()
     verbose = plan.config.verbose
     started = time.monotonic()
-    with flow_callbacks.deferred_ema_finalize(model):
+    with interrupts.sigint_requests() as interrupt, \
+            flow_callbacks.deferred_ema_finalize(model):
+        callbacks, fitted = make_callbacks(model, data, plan, initial_step, interrupt)
         if batch:
             model.fit(train, initial_epoch=epoch, epochs=epoch + 1, callbacks=callbacks,
                       steps_per_epoch=plan.steps_per_epoch - batch, verbose=verbose,
@@ -489,6 +569,8 @@ def finish(model, data, plan, fitted, state, seconds):
         epochs=round(fitted.counter.step / plan.steps_per_epoch, 4),
         steps=fitted.counter.step,
         optimizer_steps=int(model.optimizer.iterations),
+        skipped_steps=fitted.counter.step - int(model.optimizer.iterations),
+        loss_scale=numerics.loss_scale(model.optimizer),
         seconds=round(fitted.seconds, 2),
         total_seconds=round(seconds, 2),
         resumed=state is not None,

@@ -1,0 +1,493 @@
+"""Issue 9: bad input stops with one clear line, numerical failures name where they appeared, and
+interruptions (SIGKILL, Ctrl-C) never cost more than the steps since the last checkpoint.
+
+Bad inputs are checked twice, through the CLI (`train.py`'s `main` in this process: exit status
+2, one line `error: ...`, `--out` not created) and through the library API (the same
+exception type and message). Argument errors stop before any data is loaded or model built.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_flow import Glow
+from keras_flow import callbacks as flow_callbacks
+from keras_flow import RealNVP
+from keras_flow import data
+from keras_flow import files
+from keras_flow import numerics
+from keras_flow import training
+from keras_flow.saved_model import FlowEndpoints
+from tests.flow_checks import preprocessed_images
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--levels", "1", "--depth", "1", "--hidden-width", "8", "--init-batch-size", "64",
+        "--num-samples", "4", "--temperatures", "0.7"]
+
+
+def _load_cli():
+    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cli(argv, capsys):
+    """`(exit status, stderr)` of `train.py argv`, run in this process."""
+    try:
+        code = _load_cli().main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    return code, capsys.readouterr().err
+
+
+def _png(path, size=(8, 8), value=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(size, value, np.uint8), mode="L").save(path)
+
+
+def _tiny_glow(**kwargs):
+    model = Glow(levels=1, depth=1, hidden_width=4, image_shape=(8, 8, 1), **kwargs)
+    labels = np.arange(4) % kwargs["num_classes"] if kwargs.get("num_classes") else None
+    model.initialize(preprocessed_images((4, 8, 8, 1)), labels)
+    return model
+
+
+# --- bad input: sources ------------------------------------------------------------------
+
+def _missing(tmp):
+    return f"folder:{tmp / 'missing'}"
+
+
+def _empty(tmp):
+    (tmp / "empty").mkdir()
+    (tmp / "empty" / "notes.txt").write_text("no images")
+    return f"folder:{tmp / 'empty'}"
+
+
+def _corrupt(tmp):
+    for i in range(4):
+        _png(tmp / "corrupt" / f"{i}.png", value=10 * i)
+    (tmp / "corrupt" / "broken.png").write_bytes(b"not a png")
+    return f"folder:{tmp / 'corrupt'}"
+
+
+def _mixed_sizes(tmp):
+    _png(tmp / "mixed" / "a.png", (8, 8))
+    _png(tmp / "mixed" / "b.png", (6, 10))
+    return f"folder:{tmp / 'mixed'}"
+
+
+def _npz(tmp, name, x, **arrays):
+    np.savez(tmp / name, x=x, **arrays)
+    return f"npz:{tmp / name}"
+
+
+def _six_by_six(tmp):
+    return _npz(tmp, "six.npz", np.zeros((20, 6, 6), np.uint8))
+
+
+def _with_nan(tmp):
+    x = np.zeros((20, 8, 8), np.float32)
+    x[3, 2, 2] = np.nan
+    return _npz(tmp, "nan.npz", x)
+
+
+def _out_of_range(tmp):
+    return _npz(tmp, "range.npz", np.full((20, 8, 8), 300, np.int32))
+
+
+def _unlabelled(tmp):
+    return _npz(tmp, "unlabelled.npz", np.zeros((20, 8, 8), np.uint8))
+
+
+# (name, source, extra CLI flags, the same options for data.load, exception, message keyword)
+SOURCE_CASES = [
+    ("unknown dataset", lambda tmp: "imagenet_of_cats", [], {}, ValueError, "Unknown dataset"),
+    ("missing folder", _missing, [], {}, FileNotFoundError, "Image folder not found"),
+    ("empty folder", _empty, [], {}, ValueError, "No .png/.jpg/.jpeg images"),
+    ("corrupt image", _corrupt, ["--on-bad-file", "error"], {"on_bad_file": "error"},
+     ValueError, "Cannot read image"),
+    ("mixed sizes", _mixed_sizes, [], {}, ValueError, "different sizes"),
+    ("size not divisible", _six_by_six, ["--fit", "error", "--levels", "2"],
+     {"fit": "error", "levels": 2}, ValueError, "do not divide by 2**levels"),
+    ("NaN in array", _with_nan, [], {}, ValueError, "NaN/Inf"),
+    ("out-of-range array", _out_of_range, [], {}, ValueError, "not integers in 0..255"),
+    ("conditional without labels", _unlabelled, ["--conditional"], {"with_labels": True},
+     ValueError, "has no labels"),
+]
+
+
+@pytest.mark.parametrize("case", SOURCE_CASES, ids=[case[0] for case in SOURCE_CASES])
+def test_bad_source_stops_the_cli_with_one_line_and_writes_nothing(case, tmp_path, capsys):
+    _, source, flags, _, _, keyword = case
+    out = tmp_path / "run"
+    code, err = _cli(["--dataset", source(tmp_path), *flags, "--out", str(out)], capsys)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and keyword in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", SOURCE_CASES, ids=[case[0] for case in SOURCE_CASES])
+def test_bad_source_raises_the_same_error_from_the_api(case, tmp_path):
+    _, source, _, options, error, keyword = case
+    with pytest.raises(error, match=keyword.replace("*", r"\*").replace(".", r"\.")):
+        data.load(source(tmp_path), **options)
+
+
+def test_unreadable_files_are_skipped_and_counted_by_default(tmp_path):
+    with pytest.warns(UserWarning, match="Skipped 1 unreadable"):
+        loaded = data.load(_corrupt(tmp_path), validation_fraction=0, test_fraction=0.25)
+    assert loaded.skipped_files == 1 and loaded.num_train + loaded.num_test == 4
+
+
+def test_on_bad_file_is_a_cli_flag(capsys):
+    code, err = _cli(["--on-bad-file", "ignore"], capsys)
+    assert code == 2 and "invalid choice" in err and "skip" in err
+
+
+# --- bad input: options --------------------------------------------------------------------
+
+OPTION_CASES = [
+    (["--depth", "0"], "depth must be a positive integer"),
+    (["--levels", "-1"], "levels must be a positive integer"),
+    (["--hidden-width", "0"], "hidden_width must be a positive integer"),
+    (["--batch-size", "0"], "batch_size must be a positive integer"),
+    (["--temperatures=-1"], "temperatures must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("flags, keyword", OPTION_CASES, ids=[c[0][0] for c in OPTION_CASES])
+def test_bad_option_stops_the_cli_before_loading_data(flags, keyword, tmp_path, capsys,
+                                                      monkeypatch):
+    monkeypatch.setattr(training, "load_data", pytest.fail)  # must not be reached
+    out = tmp_path / "run"
+    code, err = _cli([*flags, "--out", str(out)], capsys)
+    assert code == 2 and err.startswith("error: ") and keyword in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Glow(depth=0), lambda: Glow(levels=-1), lambda: Glow(hidden_width=0),
+    lambda: RealNVP(levels=0), lambda: RealNVP(residual_blocks=0),
+    lambda: data.load("digits", batch_size=0),
+])
+def test_bad_sizes_raise_from_the_api(make):
+    with pytest.raises(ValueError, match=r"must be|needs"):
+        make()
+
+
+def test_api_checks_batch_size_num_samples_and_temperature():
+    model = _tiny_glow()
+    model.compile(optimizer="adam")
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        model.fit(preprocessed_images((4, 8, 8, 1)), batch_size=0, verbose=0)
+    with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+        model.sample(0)
+    for temperature in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="temperature must be >= 0"):
+            model.sample(2, temperature=temperature)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="temperature must be >= 0"):
+        FlowEndpoints(model).sample(tf.constant(2), tf.constant(-1.0))
+
+
+def test_sample_cli_refuses_a_negative_temperature(tmp_path, capsys):
+    from keras_flow import sample as sample_cli
+
+    (tmp_path / "saved_model.pb").write_bytes(b"")  # argument checks come before loading
+    with pytest.raises(SystemExit) as exit_info:
+        sample_cli.main([str(tmp_path), "--temperature", "-1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--temperature must be >= 0" in err
+
+
+# --- bad input: the model's inputs ---------------------------------------------------------
+
+def test_wrong_image_shape_for_a_built_model_or_export():
+    model = _tiny_glow()
+    rgb = preprocessed_images((2, 8, 8, 3))
+    for call in (model.encode, model.log_prob, model, model.initialize):
+        with pytest.raises(ValueError, match=r"built for images of shape \(8, 8, 1\)"):
+            call(rgb)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"shape \[None, 8, 8, 1\]"):
+        FlowEndpoints(model).encode(tf.zeros([2, 8, 8, 3], tf.uint8))
+
+
+def test_labels_must_match_the_conditioning():
+    x = preprocessed_images((4, 8, 8, 1))
+    labels = np.array([0, 1, 2, 0], "int32")
+    unconditional, conditional = _tiny_glow(), _tiny_glow(num_classes=3)
+    for call in (lambda: unconditional.encode(x, labels),
+                 lambda: unconditional({"image": x, "label": labels}),
+                 lambda: unconditional.sample(4, labels=labels)):
+        with pytest.raises(ValueError, match="Labels were given to an unconditional model"):
+            call()
+    for call in (lambda: conditional.encode(x), lambda: conditional(x),
+                 lambda: conditional.sample(4)):
+        with pytest.raises(ValueError, match="class-conditional"):
+            call()
+
+
+def test_non_finite_or_unpreprocessed_inputs():
+    model = Glow(levels=1, depth=1, hidden_width=4, image_shape=(8, 8, 1))
+    images = preprocessed_images((4, 8, 8, 1))
+    images[0, 0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="1 NaN/Inf values"):
+        model.initialize(images)
+    with pytest.warns(UserWarning, match=r"span \[0, 255\].*expects dequantised images"):
+        model.initialize(np.linspace(0, 255, 256, dtype="float32").reshape(4, 8, 8, 1))
+    model.compile(optimizer="adam")
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        model.fit(images, batch_size=2, verbose=0)
+
+
+# --- bad input: an output folder that holds another run ------------------------------------
+
+def test_output_folder_of_another_run_is_refused_naming_the_keys(tmp_path, capsys):
+    out = tmp_path / "run"
+    saved = training.resolve_config(training.TrainConfig(out=str(out), lr=5e-4, depth=2,
+                                                          n_bits=3))
+    files.write_json(out / "config.json", training.dataclasses.asdict(saved))
+    before = sorted(p.name for p in out.iterdir())
+    code, err = _cli(["--out", str(out), "--depth", "3"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    for keyword in ("different configuration", "depth (saved 2, now 3)",
+                    "n_bits (saved 3, now ", "another --out", "--overwrite"):
+        assert keyword in err, err
+    assert "lr (" not in err  # with an explicit --out the learning rate may change
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert json.loads((out / "config.json").read_text())["depth"] == 2
+    with pytest.raises(ValueError, match="depth"):
+        training.output_folder(training.resolve_config(training.TrainConfig(out=str(out))))
+
+
+def test_overwrite_starts_over_in_a_folder_of_another_run(tmp_path):
+    out = tmp_path / "run"
+    files.write_json(out / "config.json", {"depth": 99})
+    files.write_json(out / "metrics.json", {})
+    files.write_json(out / "checkpoints" / "state.json", {"step": 3})
+    (out / "notes.txt").write_text("mine")
+    config = training.resolve_config(training.TrainConfig(out=str(out), overwrite=True))
+    assert training.output_folder(config) == out
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # only the run's files go
+
+
+# --- numerical failure ---------------------------------------------------------------------
+
+class _Batches:
+    """A repeated tf.data pipeline of preprocessed 8x8 images."""
+
+    def __init__(self, count=32, batch_size=8):
+        self.images = preprocessed_images((count, 8, 8, 1), seed=3)
+        self.dataset = tf.data.Dataset.from_tensor_slices(self.images).batch(batch_size).repeat()
+
+
+def test_diagnose_names_a_non_finite_weight():
+    model = _tiny_glow()
+    weight = next(w for w in model.weights if w.path.endswith("coupling/network/conv_out/bias"))
+    weight.assign(np.full(weight.shape, np.nan, "float32"))
+    finding = numerics.diagnose(model, preprocessed_images((4, 8, 8, 1)))
+    assert finding.where == weight.path and "NaN" in finding.text
+
+
+def test_diagnose_names_the_first_non_finite_layer_output():
+    model = _tiny_glow()
+    actnorm = model.steps[0][0].flows[0]
+    actnorm.log_scale.assign(np.full(actnorm.log_scale.shape, 40.0, "float32"))  # exp(120)
+    finding = numerics.diagnose(model, preprocessed_images((4, 8, 8, 1)))
+    assert finding.where == actnorm.path and "inf" in finding.text
+
+
+def test_guard_stops_a_diverging_fit_naming_the_step_and_the_layer():
+    keras.utils.set_random_seed(0)
+    model = _tiny_glow()
+    model.compile(optimizer=keras.optimizers.Adam(1e4))
+    batches = _Batches()
+    guard = numerics.NonFiniteGuard(batches.dataset)
+    with pytest.raises(numerics.NonFiniteLossError) as error_info:
+        model.fit(batches.dataset, steps_per_epoch=20, epochs=2, callbacks=[guard], verbose=0,
+                  shuffle=False)
+    error = error_info.value
+    assert isinstance(error, ArithmeticError) and error.step == 2
+    assert "/step_0_0/" in error.where
+    message = str(error)
+    for keyword in ("at training step 2", error.where, "weights after step 1", "warm-up",
+                    "lower learning rate", "clipping", "n_bits"):
+        assert keyword in message, message
+    assert numerics.all_finite(model.weights)  # the last finite weights are back
+
+
+def test_guard_catches_non_finite_weights_with_a_finite_loss():
+    """A NaN that reaches the weights (as a non-finite gradient would) stops the same step."""
+
+    class PoisonAfterStep3(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                bias = self.model.steps[0][0].flows[0].bias
+                bias.assign(np.full(bias.shape, np.nan, "float32"))
+
+    model = _tiny_glow()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    batches = _Batches()
+    guard = numerics.NonFiniteGuard(batches.dataset)
+    with pytest.raises(numerics.NonFiniteLossError, match="Non-finite weights after training "
+                                                          "step 3") as error_info:
+        model.fit(batches.dataset, steps_per_epoch=10, callbacks=[PoisonAfterStep3(), guard],
+                  verbose=0, shuffle=False)
+    assert error_info.value.step == 3 and "weights after step 2" in str(error_info.value)
+    assert numerics.all_finite(model.weights)
+
+
+def test_fp16_loss_scaling_skips_are_counted_not_fatal():
+    keras.config.set_dtype_policy("mixed_float16")
+    model = _tiny_glow()
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3),
+                                                    initial_scale=2.0 ** 100)
+    model.compile(optimizer=optimizer)
+    batches = _Batches()
+    guard = numerics.NonFiniteGuard(batches.dataset)
+    history = model.fit(batches.dataset, steps_per_epoch=6, callbacks=[guard], verbose=0,
+                  shuffle=False)
+    assert guard.skipped_steps >= 1 and history.history["skipped_steps"] == [guard.skipped_steps]
+    assert int(model.optimizer.iterations) == 6 - guard.skipped_steps
+    assert numerics.loss_scale(model.optimizer) < 2.0 ** 100
+
+
+def test_sampling_stays_finite_when_the_affine_scale_vanishes():
+    """sigmoid(raw + 2) -> 0 would divide by zero in the inverse; log-scale is clipped at -15."""
+    model = _tiny_glow()
+    for weight in model.weights:
+        if weight.path.endswith("coupling/network/conv_out/bias"):
+            weight.assign(np.full(weight.shape, -1e4, "float32"))
+    x = preprocessed_images((4, 8, 8, 1))
+    eps_list, log_det = model.encode(x)
+    assert np.all(np.isfinite(log_det)) and np.all(np.asarray(log_det) < -100)
+    for temperature in (0.7, 1.0):
+        assert np.all(np.isfinite(model.sample(8, temperature=temperature, seed=1)))
+    np.testing.assert_allclose(model.decode(eps_list), x, atol=1e-2)
+
+
+@pytest.mark.slow
+def test_diverging_training_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*TINY, "--lr", "1e6", "--warmup", "0", "--checkpoint-every", "1",
+            "--steps-per-epoch", "20", "--epochs", "1", "--out", str(out)]
+    code, err = _cli(args, capsys)
+    assert code == 3 and err.count("\n") == 1, err
+    assert err.startswith("error: Non-finite loss") and "at training step 2" in err
+    assert "glow/" in err and "--lr" in err and "checkpoint (step 1)" in err
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["step"] == 1 and not (out / "metrics.json").exists()
+    config = training.resolve_config(training.TrainConfig(
+        levels=1, depth=1, hidden_width=8, lr=1e6, warmup="0", steps_per_epoch=20, epochs=1,
+        out=str(out)))
+    loaded = training.load_data(config)
+    model = training.build_model(config, loaded)
+    training.compile_model(model, training.make_plan(config, out, loaded))
+    assert flow_callbacks.Checkpoint.restore(model, out / "checkpoints")["step"] == 1
+    assert numerics.all_finite(model.weights)
+
+
+# --- interruptions -------------------------------------------------------------------------
+
+def test_atomic_writes_sync_then_rename_and_leave_nothing_on_failure(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    target = tmp_path / "metrics.json"
+    files.write_json(target, {"a": 1})
+    assert len(synced) >= 1 and json.loads(target.read_text()) == {"a": 1}
+    with pytest.raises(RuntimeError):
+        with files.atomic_path(target) as temporary:
+            temporary.write_text("half")
+            raise RuntimeError("killed")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+    (tmp_path / ".ckpt-1.tmp-99.weights.h5").write_bytes(b"half")
+    (tmp_path / ".export.partial-abc" / "export").mkdir(parents=True)
+    files.remove_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def _start(args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONHASHSEED="0")
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(process, state_file, minimum, seen, timeout=240):
+    """Polls the checkpoint state until its step reaches `minimum`; records the steps seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if state_file.exists():
+            step = json.loads(state_file.read_text())["step"]
+            if not seen or seen[-1] != step:
+                seen.append(step)
+            if step >= minimum:
+                return step
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"no checkpoint at step {minimum} in {timeout} s"
+        time.sleep(0.02)
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
+def test_sigkill_then_ctrl_c_lose_at_most_the_steps_since_the_last_checkpoint(tmp_path):
+    """One run: SIGKILL mid-epoch, resume, Ctrl-C, resume to the end, all with one command."""
+    out, every, total = tmp_path / "run", 5, 200
+    args = [*TINY, "--steps-per-epoch", str(total), "--epochs", "1", "--checkpoint-every",
+            str(every), "--validation-fraction", "0", "--out", str(out)]
+    state_file = out / "checkpoints" / "state.json"
+
+    process, seen = _start(args), []
+    try:
+        _wait_for_step(process, state_file, 2 * every, seen)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    killed_at = json.loads(state_file.read_text())["step"]
+    # Checkpoints every `every` steps: a kill loses the steps since the last one, < `every`.
+    assert all(step % every == 0 for step in seen) and killed_at % every == 0
+    assert not (out / "metrics.json").exists()
+    names = sorted(p.name for p in (out / "checkpoints").glob("ckpt-*"))
+    assert names[-1] == f"ckpt-{killed_at:09d}.weights.h5"  # an older one may wait deletion
+
+    process = _start(args)
+    try:
+        _wait_for_step(process, state_file, killed_at + every, [])
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert f"Resumed from checkpoint at step {killed_at} of {total}" in stdout
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    interrupted_at = json.loads(state_file.read_text())["step"]
+    assert interrupted_at > killed_at
+    last_line = stderr.strip().splitlines()[-1]
+    assert f"Interrupted at step {interrupted_at}" in last_line and "same command" in last_line
+    assert str(out / "checkpoints") in last_line
+
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Resumed from checkpoint at step {interrupted_at} of {total}" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == interrupted_at
+    assert metrics["steps"] == total and metrics["optimizer_steps"] == total
+    assert not list(out.rglob(".*tmp-*")) and not list(out.glob(".*partial-*"))
