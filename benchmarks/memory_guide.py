@@ -19,10 +19,14 @@ For every preset of `keras_flow.models.presets` (GLOW_PRESETS, REALNVP_PRESETS):
   times the number of replicas) that fits in 16, 40 and 80 GiB: `USABLE` of the memory, less
   the fixed part (float32 weights + their gradients + the two Adam/Adamax slots, i.e. 16 bytes
   per trainable parameter and 4 per non-trainable one; mixed precision keeps float32 weights),
-  divided by the activation memory per image. An EMA of the weights (`--ema`) adds 4 bytes
-  per trainable parameter. Not counted: cuDNN workspaces, the framework's own buffers and
-  fragmentation (part of the `USABLE` margin); see benchmarks/memory.py for a measurement of
-  how close the estimate is.
+  divided by the activation memory per image. With remat the fixed part has 4 more bytes per
+  trainable parameter: benchmarks/memory.py measured that the recomputing step holds about one
+  more weights-sized set of tensors (+204 MiB at cifar10, whose weights take 171 MiB). An EMA of
+  the weights (`--ema`) adds 4 bytes per trainable parameter. Not counted: cuDNN workspaces,
+  the framework's own buffers and fragmentation (part of the `USABLE` margin).
+
+Checked on the CPU (benchmarks/memory.py, cifar10, traced gradient step): 45.3 MiB per image
+measured against 46.0 MiB here without remat, 1.5 MiB against 2.8 MiB with it.
 
 No GPU was at hand when this was written: the batch limits are computed, not measured.
 """
@@ -174,9 +178,10 @@ def realnvp_activations(config):
 
 # --- what fits -----------------------------------------------------------------------------
 
-def fixed_bytes(total, trainable, ema=False):
-    """Weights (float32) + gradients + two optimizer slots (+ EMA) of the trainable ones."""
-    return 4 * total + (16 if ema else 12) * trainable
+def fixed_bytes(total, trainable, ema=False, remat=False):
+    """Weights (float32) + gradients + two optimizer slots (+ EMA, + remat's extra set) of the
+    trainable ones."""
+    return 4 * total + (12 + 4 * ema + 4 * remat) * trainable
 
 
 def largest_batch(device_gib, fixed, per_image):
@@ -194,9 +199,9 @@ def preset_figures(model_class, name, preset, ema=False):
     per_image = dict(float32=float32.bytes(4), bf16=float32.bytes(2),
                      remat=None if remat is None else remat.bytes(4))
     fixed = fixed_bytes(total, trainable, ema)
-    batches = {mode: None if size is None else [largest_batch(g, fixed, size)
-                                                for g in DEVICE_GIB]
-               for mode, size in per_image.items()}
+    batches = {mode: None if size is None else [
+        largest_batch(g, fixed_bytes(total, trainable, ema, mode == "remat"), size)
+        for g in DEVICE_GIB] for mode, size in per_image.items()}
     return dict(model=model_class.__name__, preset=name, image_shape=preset["image_shape"],
                 parameters=total, trainable=trainable, fixed_bytes=fixed,
                 activation_bytes_per_image=per_image, largest_batch=batches,

@@ -53,7 +53,7 @@ MODELS = {"glow": (Glow, GLOW_PRESETS), "realnvp": (RealNVP, REALNVP_PRESETS)}
 POLICIES = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 JIT = {"auto": "auto", "on": True, "off": False}
 FIT_MODES = ("pad", "resize", "error")
-STRATEGIES = ("default", "mirrored", "multi-worker")
+STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
 DEFAULTS = dict(n_bits=8, batch_size=64, lr=1e-3, epochs=10, warmup="1epoch", ema=0.0)
 # Options that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("out", "epochs", "max_seconds", "checkpoint_every", "verbose", "overwrite")
@@ -181,11 +181,13 @@ def train(config):
     config = dataclasses.replace(config, out=str(out))
     for folder in (out, out / "checkpoints", out / "samples"):
         files.remove_temporaries(folder)
+    # The strategy comes first: multi-worker collectives must be configured before TF runs ops.
+    strategy = make_strategy(config.strategy)
     with dtype_policy(config.mixed_precision):
         data = load_data(config)
         plan = make_plan(config, out, data)
         keras.utils.set_random_seed(config.seed)
-        with make_strategy(config.strategy).scope():
+        with strategy.scope():
             model = build_model(config, data)
             compile_model(model, plan)
             state = flow_callbacks.Checkpoint.restore(model, out / "checkpoints")
@@ -568,8 +570,8 @@ def finish(model, data, plan, fitted, state, seconds):
     metrics.update(
         epochs=round(fitted.counter.step / plan.steps_per_epoch, 4),
         steps=fitted.counter.step,
-        optimizer_steps=int(model.optimizer.iterations),
-        skipped_steps=fitted.counter.step - int(model.optimizer.iterations),
+        optimizer_steps=numerics.optimizer_steps(model.optimizer),
+        skipped_steps=fitted.counter.step - numerics.optimizer_steps(model.optimizer),
         loss_scale=numerics.loss_scale(model.optimizer),
         seconds=round(fitted.seconds, 2),
         total_seconds=round(seconds, 2),

@@ -90,7 +90,8 @@ def test_optimizer_options_are_checked():
 def test_resolve_config_fills_preset_then_defaults():
     config = training.resolve_config(training.TrainConfig(depth=2))
     assert config.preset == "digits" and config.depth == 2 and config.levels == 2
-    assert config.lr > 0 and config.batch_size > 0 and config.n_bits == 8
+    assert config.lr > 0 and config.batch_size > 0 and config.n_bits == 4  # the preset's
+    assert training.resolve_config(training.TrainConfig(n_bits=8)).n_bits == 8  # flag wins
     assert training.resolve_config(training.TrainConfig(dataset="mnist")).preset == "none"
 
 
