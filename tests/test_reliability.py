@@ -386,7 +386,7 @@ def test_diverging_training_keeps_the_last_good_checkpoint(tmp_path, capsys):
     code, err = _cli(args, capsys)
     assert code == 3 and err.count("\n") == 1, err
     assert err.startswith("error: Non-finite loss") and "at training step 2" in err
-    assert "glow/" in err and "--lr" in err and "checkpoint (step 1)" in err
+    assert "/step_0_0/" in err and "--lr" in err and "checkpoint (step 1)" in err
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     assert state["step"] == 1 and not (out / "metrics.json").exists()
     config = training.resolve_config(training.TrainConfig(
