@@ -45,6 +45,19 @@ def destandardize(eps, mean, log_std, dtype):
     return ops.cast(z, dtype), sum_per_example(log_std + ops.zeros_like(z))
 
 
+def check_labels(num_classes, labels):
+    """Raises `ValueError` for labels given to an unconditional prior (`num_classes == 0`), or
+    none given to a class-conditional one."""
+    if num_classes and labels is None:
+        raise ValueError(
+            f"This model is class-conditional (num_classes={num_classes}); pass labels, int "
+            "(batch_size,) (to call or fit: a dict {'image': ..., 'label': ...}).")
+    if not num_classes and labels is not None:
+        raise ValueError(
+            "Labels were given to an unconditional model; drop them, or build the model with "
+            "num_classes > 0 (CLI: --conditional).")
+
+
 @keras.saving.register_keras_serializable(package="keras_flow")
 class Split2D(FlowLayer):
     """Factors out half of the channels under a learned conditional Gaussian (openai/glow split2d).
@@ -166,18 +179,8 @@ class TopPrior(FlowLayer):
                                               name="class_embedding", dtype=self.dtype_policy)
             self.class_embedding.build((None, 1, 1, self.num_classes))
 
-    def _check_labels(self, labels):
-        if self.num_classes and labels is None:
-            raise ValueError(
-                f"This prior is class-conditional (num_classes={self.num_classes}): pass "
-                "labels, int (batch_size,).")
-        if not self.num_classes and labels is not None:
-            raise ValueError(
-                "Labels were given to an unconditional model; build it with num_classes > 0 "
-                "or drop the labels.")
-
     def _mean_and_log_std(self, z, labels):
-        self._check_labels(labels)
+        check_labels(self.num_classes, labels)
         h = None
         if self.learn_top:
             shape = ops.shape(z)

@@ -11,6 +11,7 @@ from keras import ops
 from keras_flow.layers.actnorm import Actnorm
 from keras_flow.layers.actnorm import data_dependent_init
 from keras_flow.layers.convolutions import ZeroConv2D
+from keras_flow.layers.priors import check_labels
 from keras_flow.layers.priors import standard_normal_log_prob
 
 LN2 = math.log(2.0)
@@ -152,14 +153,7 @@ class FlowModel(keras.Model):
     def check_labels(self, labels):
         """Raises `ValueError` for labels given to an unconditional model, or none given to a
         class-conditional one."""
-        if self.num_classes and labels is None:
-            raise ValueError(
-                f"This model is class-conditional (num_classes={self.num_classes}); pass labels, "
-                "int (batch_size,) (to call or fit: a dict {'image': ..., 'label': ...}).")
-        if not self.num_classes and labels is not None:
-            raise ValueError(
-                "Labels were given to an unconditional model; drop them, or build the model "
-                "with num_classes > 0 (CLI: --conditional).")
+        check_labels(self.num_classes, labels)
 
     def check_built(self):
         if self.latent_shapes is None:
