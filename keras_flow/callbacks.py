@@ -8,6 +8,7 @@ evaluation (`ema_weights`) and back out for training.
 """
 
 import contextlib
+import math
 import time
 from pathlib import Path
 
@@ -87,6 +88,7 @@ class TimeLimit(keras.callbacks.Callback):
 
     The stop comes after the current step; the epoch then ends as usual (held-out evaluation,
     checkpoint), and `reached` tells the caller that the limit, not the epoch count, ended it.
+    Under several workers they agree on the step (`distribute.any_worker`).
     """
 
     def __init__(self, max_seconds):
@@ -100,7 +102,13 @@ class TimeLimit(keras.callbacks.Callback):
             self.start = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
-        if time.monotonic() - self.start >= self.max_seconds:
+        from keras_flow.distribute import any_worker
+
+        if math.isinf(self.max_seconds):
+            return
+        # Workers' clocks differ: every worker stops at the step where the first one is due.
+        if any_worker(time.monotonic() - self.start >= self.max_seconds,
+                      self.model.distribute_strategy):
             self.reached = True
             self.model.stop_training = True
 

@@ -169,6 +169,29 @@ def num_replicas(strategy=None):
     return (strategy or tf.distribute.get_strategy()).num_replicas_in_sync
 
 
+def in_multi_worker_mode(strategy=None):
+    """True under a `MultiWorkerMirroredStrategy` with more than one worker (the condition
+    under which Keras reduces metrics across workers)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())
+
+
+def any_worker(flag, strategy=None):
+    """True when `flag` is true on any worker: the same decision on all of them.
+
+    A decision taken from local state (the wall clock, a Ctrl-C) differs between hosts; if one
+    worker stopped training alone, the others would wait forever in the next all-reduce. Under
+    several workers this is itself an all-reduce (a sum of one scalar), so every worker must call
+    it at the same point; elsewhere it is `bool(flag)`.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    if not in_multi_worker_mode(strategy):
+        return bool(flag)
+    votes = strategy.run(lambda: tf.constant(1.0 if flag else 0.0))
+    return bool(strategy.reduce("SUM", votes, axis=None) > 0)
+
+
 def reducible_logs(logs, strategy):
     """The metric results of one `fit`/`evaluate` step, in a form Keras can reduce.
 
@@ -178,10 +201,7 @@ def reducible_logs(logs, strategy):
     run there at all. With a leading axis of length 1 on each worker, that reduction is the
     mean over the workers and a scalar again. Elsewhere `logs` are returned unchanged.
     """
-    # The condition under which Keras's reduce_per_replica takes that path.
-    multi_worker = (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-                    and strategy.extended._in_multi_worker_mode())
-    if not multi_worker:
+    if not in_multi_worker_mode(strategy):
         return logs
     return tf.nest.map_structure(
         lambda value: tf.reshape(value, (1,)) if value.shape.rank == 0 else value, logs)

@@ -90,7 +90,10 @@ class StopOnInterrupt(keras.callbacks.Callback):
         self._stop_if_requested()
 
     def _stop_if_requested(self):
-        if not self.request.pending:
+        from keras_flow.distribute import any_worker
+
+        # Ctrl-C reaches one host: all workers stop together (or the others would hang).
+        if not any_worker(self.request.pending, self.model.distribute_strategy):
             return
         self.model.stop_training = True
         step = self.save()

@@ -2,8 +2,9 @@
 
 `train(TrainConfig(...))` is what `python train.py` runs:
 
-1. Resolves the configuration (the preset's defaults under the explicit options) and picks
-   the output folder; an unfinished run of the same configuration is resumed.
+1. Resolves the configuration (the preset's defaults under the explicit options), creates the
+   `tf.distribute` strategy and picks the output folder; an unfinished run of the same
+   configuration is resumed (under several workers: from the chief's checkpoints).
 2. Loads the data (`keras_flow.data.load`), sets the dtype policy, and under the
    `tf.distribute` strategy builds the model, compiles it with openai/glow's Adamax (or Adam)
    behind a linear warm-up, then either restores the last checkpoint or initialises actnorm
@@ -56,7 +57,8 @@ FIT_MODES = ("pad", "resize", "error")
 STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
 DEFAULTS = dict(n_bits=8, batch_size=64, lr=1e-3, epochs=10, warmup="1epoch", ema=0.0)
 # Options that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = ("out", "epochs", "max_seconds", "checkpoint_every", "verbose", "overwrite")
+RESUMABLE_CHANGES = ("out", "epochs", "max_seconds", "checkpoint_every", "verbose", "overwrite",
+                     "strategy", "cpu_devices", "jit", "remat")
 # ...and, when `out` names the folder, these too: to continue a run that diverged.
 RECOVERY_CHANGES = ("lr", "clip_norm")
 # What a run writes in its folder; `overwrite` deletes these, and nothing else.
@@ -64,7 +66,7 @@ RUN_FILES = ("config.json", "checkpoints", "samples", "tensorboard", "export", "
              "metrics.json", "history.json", "best.json", "best.weights.npz",
              "bits_per_dim.png", "samples_T*.png")
 BAD_FILE_MODES = ("skip", "error")
-GLOW_ONLY = ("depth", "permutation", "coupling", "lu", "learn_top")
+GLOW_ONLY = ("depth", "permutation", "coupling", "lu", "learn_top", "remat")
 
 
 def _option(default, help, **metadata):
@@ -103,6 +105,9 @@ class TrainConfig:
                             choices=("affine", "additive"))
     lu: bool = _option(None, "Glow: LU-decomposed 1x1 convolution (default: on)")
     learn_top: bool = _option(None, "Glow: learned top prior (default: on)")
+    remat: bool = _option(None, "Glow: gradient checkpointing: each step of flow recomputes its "
+                          "activations in the backward pass (about 1.3x the step time, a "
+                          "fraction of the activation memory; default: off)")
     conditional: bool = _option(False, "Glow: class-conditional prior (needs labels)")
     classifier_weight: float = _option(0.0, "Glow: weight of the class-prediction loss "
                                        "(openai/glow weight_y; needs --conditional)")
@@ -136,7 +141,12 @@ class TrainConfig:
                                    "(fp16 with loss scaling)", choices=tuple(POLICIES))
     jit: str = _option("auto", "XLA compilation of the training step (auto: Keras decides; "
                        "off on CPU)", choices=tuple(JIT))
-    strategy: str = _option("default", "tf.distribute strategy", choices=STRATEGIES)
+    strategy: str = _option("default", "tf.distribute strategy: default (one device), "
+                            "mirrored (all local GPUs), multi-worker (TF_CONFIG; needs --out "
+                            "on a shared file system), tpu", choices=STRATEGIES)
+    cpu_devices: int = _option(None, "with --strategy mirrored on a machine without GPUs: "
+                               "split the CPU into this many logical devices (replicas), for "
+                               "testing")
     validation_fraction: float = _option(0.1, "fraction of the training data held out to "
                                          "pick the best weights (0: keep the last weights)")
     temperatures: tuple = _option((0.0, 0.5, 0.7, 0.8, 1.0), "sampling temperatures of the "
@@ -173,16 +183,14 @@ def train(config):
     Raises:
         ValueError, FileNotFoundError, TypeError: for invalid options or data.
     """
-    from keras_flow.distribute import make_strategy
-
     started = time.monotonic()
     config = resolve_config(config)
-    out = output_folder(config)
-    config = dataclasses.replace(config, out=str(out))
+    # The strategy comes first: multi-worker collectives must be configured before TF runs ops.
+    strategy = start_strategy(config)
+    shared, out = output_folders(config, strategy)
+    config = dataclasses.replace(config, out=str(shared))
     for folder in (out, out / "checkpoints", out / "samples"):
         files.remove_temporaries(folder)
-    # The strategy comes first: multi-worker collectives must be configured before TF runs ops.
-    strategy = make_strategy(config.strategy)
     with dtype_policy(config.mixed_precision):
         data = load_data(config)
         plan = make_plan(config, out, data)
@@ -190,13 +198,52 @@ def train(config):
         with strategy.scope():
             model = build_model(config, data)
             compile_model(model, plan)
-            state = flow_callbacks.Checkpoint.restore(model, out / "checkpoints")
+            state = restore_checkpoint(model, shared, out, config)
             if state is None:
                 initialize(model, data, config)
         files.write_json(out / "config.json", dataclasses.asdict(config))
-        _say(config, _start_message(plan, state))
+        _say(config, _start_message(plan, state, strategy.num_replicas_in_sync))
         fitted = fit(model, data, plan, state)
         return finish(model, data, plan, fitted, state, time.monotonic() - started)
+
+
+def start_strategy(config):
+    """The `tf.distribute` strategy of `config` (`--cpu-devices` splits the CPU first)."""
+    from keras_flow import distribute
+
+    if config.cpu_devices is not None:
+        try:
+            distribute.split_cpu(config.cpu_devices)
+        except RuntimeError as error:
+            raise ValueError(str(error)) from None
+    return distribute.make_strategy(config.strategy)
+
+
+def output_folders(config, strategy):
+    """`(shared, out)`: the run's folder (`output_folder`) and the one this process writes.
+
+    They are the same folder except for the non-chief workers of a multi-worker run, which
+    write their (identical) copy of every output to `<shared>.worker-<index>` so that no two
+    processes write one file; `--overwrite` there deletes only that copy.
+    """
+    from keras_flow import distribute
+
+    if distribute.is_chief(strategy):
+        out = output_folder(config)
+        return out, out
+    shared = Path(config.out)
+    out = distribute.worker_folder(shared, strategy)
+    check_output_folder(out, config)
+    return shared, out
+
+
+def restore_checkpoint(model, shared, out, config):
+    """Loads the last checkpoint of the run (the chief's, in `shared`) into `model`; returns
+    its state, or None to start from scratch. A non-chief worker under `--overwrite` starts
+    from scratch, like the chief, which deletes the old run's checkpoints."""
+    if shared != out and config.overwrite:
+        return None
+    return flow_callbacks.Checkpoint.restore(model, shared / "checkpoints")
 
 
 @contextlib.contextmanager
@@ -262,7 +309,8 @@ def _check_choices(config):
 def _check_values(config):
     """Raises ValueError naming the first out-of-range option."""
     positive = ("levels", "depth", "hidden_width", "residual_blocks", "batch_size", "epochs",
-                "steps_per_epoch", "init_batch_size", "num_samples", "image_size")
+                "steps_per_epoch", "init_batch_size", "num_samples", "image_size",
+                "cpu_devices")
     for name in positive:
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -280,6 +328,13 @@ def _check_values(config):
          f"{', '.join(GLOW_ONLY)} and conditional are Glow options; drop them for RealNVP."),
         (config.classifier_weight and not config.conditional,
          "classifier_weight > 0 needs a class-conditional model (conditional=True)."),
+        (config.cpu_devices is not None and config.strategy != "mirrored",
+         f"cpu_devices splits the CPU into replicas for --strategy mirrored; got strategy "
+         f"{config.strategy!r} (add --strategy mirrored, or drop --cpu-devices)."),
+        (config.strategy == "multi-worker" and config.out is None,
+         "--strategy multi-worker needs --out: every worker must name the same output folder, "
+         "on a file system all workers share (the chief writes the run there, worker i to "
+         "<out>.worker-i, and all resume from the chief's checkpoints)."),
     ]
     for failed, message in problems:
         if failed:
@@ -412,7 +467,8 @@ def build_model(config, data):
     else:
         options.update(depth=config.depth, permutation=config.permutation,
                        coupling=config.coupling, lu_decomposed=config.lu,
-                       learn_top=config.learn_top, classifier_weight=config.classifier_weight)
+                       learn_top=config.learn_top, classifier_weight=config.classifier_weight,
+                       remat=config.remat)
         if config.conditional:
             if not data.num_classes:
                 raise ValueError(f"conditional needs labels, and {config.dataset!r} has none.")
@@ -540,12 +596,15 @@ def fit(model, data, plan, state):
     return fitted
 
 
-def _start_message(plan, state):
+def _start_message(plan, state, replicas=1):
     config = plan.config
     where = f"Output folder: {plan.out}"
     if state is None:
+        batch = f"batch {config.batch_size}"
+        if replicas > 1:
+            batch += f" over {replicas} replicas, {config.batch_size / replicas:g} each"
         return (f"{where}\nTraining {config.model} for {config.epochs} epochs of "
-                f"{plan.steps_per_epoch} steps (batch {config.batch_size}).")
+                f"{plan.steps_per_epoch} steps ({batch}).")
     epoch, batch = divmod(state["step"], plan.steps_per_epoch)
     if state["finished"]:
         return f"{where}\nTraining already finished at step {state['step']}; writing outputs."

@@ -182,6 +182,89 @@ def test_multi_worker_trains_in_sync_and_resumes_after_kill(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+# --- train.py under MultiWorkerMirroredStrategy -------------------------------------------------
+
+TRAIN_FLAGS = ["--strategy", "multi-worker", "--levels", "1", "--depth", "1", "--hidden-width",
+               "8", "--batch-size", "16", "--init-batch-size", "64", "--num-samples", "4",
+               "--temperatures", "0.7", "--steps-per-epoch", "4", "--checkpoint-every", "1",
+               "--verbose", "0"]
+
+
+def start_train_workers(folder, name, flags):
+    """Starts `train.py` on both workers of a fresh 2-worker cluster; returns the processes."""
+    ports = free_ports(2)
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+                     "task": {"type": "worker", "index": index}}
+        log = open(folder / f"{name}-{index}.log", "w")
+        processes.append(subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *TRAIN_FLAGS, *flags], cwd=ROOT,
+            env=dict(os.environ, TF_CONFIG=json.dumps(tf_config), TF_CPP_MIN_LOG_LEVEL="2"),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    return processes
+
+
+def wait_all(processes, folder, name):
+    try:
+        for process in processes:
+            process.wait(timeout=ROUND_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"train.py workers did not finish (one stopped alone?):\n{logs(folder, name)}")
+    finally:
+        kill(processes)
+    return [process.returncode for process in processes]
+
+
+def test_multi_worker_train_needs_out():
+    with pytest.raises(ValueError, match="multi-worker needs --out"):
+        keras_flow.training.resolve_config(keras_flow.training.TrainConfig(
+            strategy="multi-worker"))
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_train_py_multi_worker_interrupt_resume_and_time_limit(tmp_path):
+    """Two `train.py --strategy multi-worker` processes share `--out`: the chief writes it, the
+    other worker `<out>.worker-1`. Ctrl-C on the non-chief alone stops both at the same step
+    with a checkpoint (no hang); rerun, both resume from the chief's checkpoint and stop
+    together at the time limit, although their clocks differ; their weights are identical."""
+    out = tmp_path / "run"
+    first = start_train_workers(tmp_path, "first", ["--epochs", "200", "--out", str(out)])
+    state_file = out / "checkpoints" / "state.json"
+    try:
+        deadline = time.monotonic() + ROUND_TIMEOUT
+        while not (state_file.exists() and json.loads(state_file.read_text())["step"] >= 2):
+            assert all(p.poll() is None for p in first), logs(tmp_path, "first")
+            assert time.monotonic() < deadline, "no checkpoint in time:\n" + logs(tmp_path, "first")
+            time.sleep(0.1)
+        first[1].send_signal(signal.SIGINT)  # the non-chief only
+    except BaseException:
+        kill(first)
+        raise
+    assert wait_all(first, tmp_path, "first") == [130, 130], logs(tmp_path, "first")
+    interrupted = json.loads(state_file.read_text())["step"]
+    worker_state = json.loads((tmp_path / "run.worker-1" / "checkpoints" / "state.json")
+                              .read_text())
+    assert worker_state["step"] == interrupted >= 2 and not (out / "metrics.json").exists()
+
+    second = start_train_workers(tmp_path, "second", ["--epochs", "200", "--max-seconds", "25",
+                                                      "--out", str(out)])
+    assert wait_all(second, tmp_path, "second") == [0, 0], logs(tmp_path, "second")
+    chief, worker = (json.loads((folder / "metrics.json").read_text())
+                     for folder in (out, tmp_path / "run.worker-1"))
+    for metrics in (chief, worker):
+        assert metrics["resumed_from_step"] == interrupted and metrics["time_limit_reached"]
+        assert interrupted < metrics["steps"] < 800
+    assert chief["steps"] == worker["steps"]
+    assert chief["test_bits_per_dim"] == pytest.approx(worker["test_bits_per_dim"], rel=1e-6)
+    models = [keras.models.load_model(folder / "model.keras")
+              for folder in (out, tmp_path / "run.worker-1")]
+    for a, b in zip(*(model.get_weights() for model in models)):
+        np.testing.assert_array_equal(a, b)
+    assert (out / "export" / "saved_model.pb").exists()
+
+
 # --- gradient checkpointing ------------------------------------------------------------------
 
 GLOW = dict(levels=2, depth=2, hidden_width=8, image_shape=(8, 8, 1), seed=1)

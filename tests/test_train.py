@@ -175,6 +175,27 @@ def test_two_step_run_writes_every_output(tmp_path):
 
 @pytest.mark.subprocess
 @pytest.mark.slow
+def test_mirrored_run_on_two_cpu_devices_with_remat(tmp_path):
+    out = tmp_path / "run"
+    result = _run_cli([*TINY, "--strategy", "mirrored", "--cpu-devices", "2", "--remat",
+                       "--batch-size", "16", "--steps-per-epoch", "2", "--epochs", "1",
+                       "--temperatures", "0.7", "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "batch 16 over 2 replicas, 8 each" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and 0 < metrics["test_bits_per_dim"] < 16
+    assert keras.models.load_model(out / "model.keras").remat
+
+
+def test_cpu_devices_need_the_mirrored_strategy():
+    with pytest.raises(ValueError, match="cpu_devices splits the CPU"):
+        training.resolve_config(training.TrainConfig(cpu_devices=2))
+    with pytest.raises(ValueError, match="Glow options"):
+        training.resolve_config(training.TrainConfig(model="realnvp", remat=True))
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     out = tmp_path / "run"
     args = [*TINY, "--steps-per-epoch", "120", "--epochs", "1", "--checkpoint-every", "1",
