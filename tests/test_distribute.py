@@ -248,7 +248,7 @@ def test_train_py_multi_worker_interrupt_resume_and_time_limit(tmp_path):
                               .read_text())
     assert worker_state["step"] == interrupted >= 2 and not (out / "metrics.json").exists()
 
-    second = start_train_workers(tmp_path, "second", ["--epochs", "200", "--max-seconds", "25",
+    second = start_train_workers(tmp_path, "second", ["--epochs", "200", "--max-seconds", "15",
                                                       "--out", str(out)])
     assert wait_all(second, tmp_path, "second") == [0, 0], logs(tmp_path, "second")
     chief, worker = (json.loads((folder / "metrics.json").read_text())
