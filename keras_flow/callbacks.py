@@ -312,8 +312,7 @@ def write_sample_grids(model, folder, temperatures, n_bits, num_samples=64, seed
     for index, temperature in enumerate(temperatures):
         grid = _enlarged(make_grid(images[index * num_samples:(index + 1) * num_samples],
                                    columns))
-        with files.atomic_path(Path(folder) / f"{prefix}T{temperature:g}.png") as temporary:
-            save_png(grid, temporary)
+        save_png(grid, Path(folder) / f"{prefix}T{temperature:g}.png")
         grids[temperature] = grid
     return grids
 

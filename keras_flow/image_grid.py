@@ -43,8 +43,13 @@ def make_grid(images, columns=None):
 
 
 def save_png(array, path):
-    """Writes a uint8 `(height, width)` or `(height, width, 1 | 3 | 4)` array as a PNG."""
+    """Writes a uint8 `(height, width)` or `(height, width, 1 | 3 | 4)` array as a PNG.
+
+    Atomically: an existing file at `path` is replaced only by a complete image.
+    """
     from PIL import Image
+
+    from keras_flow import files
 
     array = np.asarray(array)
     if array.ndim == 3 and array.shape[-1] == 1:
@@ -54,4 +59,5 @@ def save_png(array, path):
         raise ValueError(
             f"save_png expects a uint8 (height, width) or (height, width, 1|3|4) array; "
             f"received dtype {array.dtype}, shape {array.shape}.")
-    Image.fromarray(array).save(path, format="PNG")
+    with files.atomic_path(path) as temporary:
+        Image.fromarray(array).save(temporary, format="PNG")

@@ -45,3 +45,21 @@ def test_save_png(tmp_path, channels, mode):
         np.testing.assert_array_equal(np.asarray(image).reshape(grid.shape), grid)
     with pytest.raises(ValueError, match="uint8"):
         save_png(grid.astype(np.float32), tmp_path / "bad.png")
+
+
+def test_save_png_is_atomic(tmp_path, monkeypatch):
+    """A write that fails halfway leaves the previous image whole and no temporary file."""
+    path = tmp_path / "grid.png"
+    save_png(np.zeros((4, 4), np.uint8), path)
+    before = path.read_bytes()
+
+    def fail_halfway(self, target, format=None):
+        with open(target, "wb") as stream:
+            stream.write(b"\x89PNG partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", fail_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        save_png(np.full((4, 4), 255, np.uint8), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
