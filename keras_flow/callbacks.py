@@ -102,10 +102,10 @@ class TimeLimit(keras.callbacks.Callback):
             self.start = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
-        from keras_flow.distribute import any_worker
-
         if math.isinf(self.max_seconds):
             return
+        from keras_flow.distribute import any_worker
+
         # Workers' clocks differ: every worker stops at the step where the first one is due.
         if any_worker(time.monotonic() - self.start >= self.max_seconds,
                       self.model.distribute_strategy):

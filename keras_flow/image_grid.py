@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from keras_flow import files
+
 
 def make_grid(images, columns=None):
     """Tiles `N` images row by row into a `rows x columns` grid.
@@ -48,8 +50,6 @@ def save_png(array, path):
     Atomically: an existing file at `path` is replaced only by a complete image.
     """
     from PIL import Image
-
-    from keras_flow import files
 
     array = np.asarray(array)
     if array.ndim == 3 and array.shape[-1] == 1:

@@ -111,21 +111,27 @@ def free_ports(count):
     return ports
 
 
-def start_workers(folder, name, args):
-    """Starts both workers of a fresh 2-worker cluster; returns `(processes, outputs)`."""
+def start_cluster(folder, name, command):
+    """Starts `command(index)` as both workers of a fresh 2-worker loopback cluster, each with
+    its `TF_CONFIG` and its log `<folder>/<name>-<index>.log`; returns the processes."""
     ports = free_ports(2)
-    processes, outputs = [], []
+    processes = []
     for index in range(2):
         tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
                      "task": {"type": "worker", "index": index}}
-        out = folder / f"{name}-{index}.json"
         log = open(folder / f"{name}-{index}.log", "w")
         processes.append(subprocess.Popen(
-            [sys.executable, str(WORKER), "multi-worker", str(out),
-             "--backup", str(folder / "backup")] + args,
-            cwd=ROOT, env=dict(os.environ, TF_CONFIG=json.dumps(tf_config)),
+            command(index), cwd=ROOT, env=dict(os.environ, TF_CONFIG=json.dumps(tf_config)),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        outputs.append(out)
+    return processes
+
+
+def start_workers(folder, name, args):
+    """Starts tests/distribute_worker.py on both workers; returns `(processes, outputs)`."""
+    outputs = [folder / f"{name}-{index}.json" for index in range(2)]
+    processes = start_cluster(folder, name, lambda index: [
+        sys.executable, str(WORKER), "multi-worker", str(outputs[index]),
+        "--backup", str(folder / "backup"), *args])
     return processes, outputs
 
 
@@ -138,6 +144,18 @@ def kill(processes):
 
 def logs(folder, name):
     return "\n".join((folder / f"{name}-{i}.log").read_text()[-3000:] for i in range(2))
+
+
+def wait_all(processes, folder, name):
+    """Waits for every worker (failing the test after `ROUND_TIMEOUT`); their exit codes."""
+    try:
+        for process in processes:
+            process.wait(timeout=ROUND_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"workers did not finish (one stopped alone?):\n{logs(folder, name)}")
+    finally:
+        kill(processes)
+    return [process.returncode for process in processes]
 
 
 def wait_for_checkpoint(processes, metadata, epoch, folder):
@@ -165,14 +183,7 @@ def test_multi_worker_trains_in_sync_and_resumes_after_kill(tmp_path):
         kill(processes)
     assert (tmp_path / "backup.worker-1" / "latest.weights.h5").exists()  # not the chief's
     processes, outputs = start_workers(tmp_path, "second", ["--epochs", "4"])
-    try:
-        for process in processes:
-            process.wait(timeout=ROUND_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pytest.fail("resumed workers did not finish:\n" + logs(tmp_path, "second"))
-    finally:
-        kill(processes)
-    assert all(p.returncode == 0 for p in processes), logs(tmp_path, "second")
+    assert wait_all(processes, tmp_path, "second") == [0, 0], logs(tmp_path, "second")
     chief, worker = (json.loads(out.read_text()) for out in outputs)
     assert (chief["chief"], worker["chief"]) == (True, False)
     for report in (chief, worker):
@@ -192,28 +203,8 @@ TRAIN_FLAGS = ["--strategy", "multi-worker", "--levels", "1", "--depth", "1", "-
 
 def start_train_workers(folder, name, flags):
     """Starts `train.py` on both workers of a fresh 2-worker cluster; returns the processes."""
-    ports = free_ports(2)
-    processes = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
-                     "task": {"type": "worker", "index": index}}
-        log = open(folder / f"{name}-{index}.log", "w")
-        processes.append(subprocess.Popen(
-            [sys.executable, str(ROOT / "train.py"), *TRAIN_FLAGS, *flags], cwd=ROOT,
-            env=dict(os.environ, TF_CONFIG=json.dumps(tf_config), TF_CPP_MIN_LOG_LEVEL="2"),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-    return processes
-
-
-def wait_all(processes, folder, name):
-    try:
-        for process in processes:
-            process.wait(timeout=ROUND_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"train.py workers did not finish (one stopped alone?):\n{logs(folder, name)}")
-    finally:
-        kill(processes)
-    return [process.returncode for process in processes]
+    return start_cluster(folder, name, lambda index: [
+        sys.executable, str(ROOT / "train.py"), *TRAIN_FLAGS, *flags])
 
 
 def test_multi_worker_train_needs_out():
