@@ -14,7 +14,8 @@ analytic FLOPs per image and each figure as a fraction of the machine's float32 
 Method (the peers' one): `--threads` intra-op and inter-op threads (2); for each metric two
 untimed calls (tracing, compilation), one window sized from the second to last about
 `--window-s` seconds, then `--windows` timed windows; the median images/s is reported.
-  - train: the model's compiled `train_step` (forward, bits/dim loss, backward, Adam update)
+  - train: the model's compiled `train_step` (forward, bits/dim loss, backward, Adam update:
+    `--optimizer adam` is keras_flow's `FusedAdam`, train.py's; `keras-adam` is Keras's own)
     run by `model.fit` on the same in-memory batch repeated, one `fit` call per window;
   - encode: a compiled `model.bits_per_dim(x)` (= log_prob plus a constant), i.e. x -> z;
   - sample: a compiled `model.decode(noise)` with noise ~ N(0, 0.7^2) drawn per call.
@@ -65,6 +66,9 @@ def parse_args(argv=None):
                    help="XLA for the train/encode/sample functions; auto = Keras's choice "
                         "(off on CPU-only TensorFlow); the JAX backend always compiles")
     p.add_argument("--backend", default="tensorflow", choices=("tensorflow", "jax"))
+    p.add_argument("--optimizer", default="adam", choices=("adam", "keras-adam", "adamax"),
+                   help="adam: keras_flow's FusedAdam (as train.py); keras-adam: "
+                        "keras.optimizers.Adam; adamax: keras_flow's GlowAdamax (default: adam)")
     p.add_argument("--threads", type=int, default=2, help="intra-op and inter-op threads (2)")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps per timed window (default: sized to --window-s)")
@@ -261,8 +265,16 @@ def build_model(args, policy):
          ).astype("float32")
     model.initialize(x)
     jit = {"auto": "auto", "on": True, "off": False}[args.jit]
-    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), jit_compile=jit)
+    model.compile(optimizer=make_training_optimizer(args.optimizer), jit_compile=jit)
     return model, x
+
+
+def make_training_optimizer(name):
+    import keras
+    if name == "keras-adam":
+        return keras.optimizers.Adam(LEARNING_RATE)
+    from keras_flow.optimizers import make_optimizer
+    return make_optimizer(name, LEARNING_RATE)
 
 
 def count_params(weights):
@@ -359,6 +371,7 @@ def main(argv=None):
         "backend": args.backend,
         "policy": policy,
         "jit_compile": jit,
+        "optimizer": args.optimizer,
         "threads": args.threads,
         "params_all": count_params(model.weights),
         "forward_gflop_per_img": round(flops["forward"] / 1e9, 4),
