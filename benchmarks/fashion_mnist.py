@@ -2,6 +2,7 @@
 
     python benchmarks/fashion_mnist.py                      # 600 s of training (~15 min)
     python benchmarks/fashion_mnist.py --max-seconds 60 --eval-every 30
+    python benchmarks/fashion_mnist.py --max-steps 1500 --eval-every 300   # step-matched
 
 Data: Debian's `dataset-fashion-mnist` package (`apt-get install dataset-fashion-mnist`;
 IDX files in /usr/share/datasets/fashion-mnist): 60,000 training and 10,000 test images,
@@ -12,11 +13,13 @@ Model: W2 of the performance issue (and ../shared/peers): Glow with L=3, K=8, co
 128, affine couplings, LU 1x1 convolutions, learned priors, batch 64. Optimiser: keras_flow's
 defaults (openai/glow's Adamax, lr 1e-3, beta2 = 1 - 1/steps_per_epoch) with a linear warm-up
 (--warmup steps). Actnorm is initialised on 256 training images before the clock starts.
+`--zero-log-scale-factor` and `--ema` set the Glow and optimiser options of the same names.
 
 Every --eval-every seconds of training time (from the start of `fit`, graph tracing included;
 the evaluations themselves not counted) the whole test set (fixed noise) is evaluated and one
 JSON line is printed; a last line sums up. Compare with ../shared/peers/quality.sh (normflows)
-run on the same machine.
+run on the same machine. With `--max-steps` the points are steps instead of seconds (every
+--eval-every steps): the comparison of two settings that the host's varying speed cannot blur.
 """
 
 import argparse
@@ -37,15 +40,22 @@ def parse_args(argv=None):
                         help=f"folder of the Fashion-MNIST IDX files (default: {DATA_DIR})")
     parser.add_argument("--max-seconds", type=float, default=600.0,
                         help="training-time budget in seconds (default: 600)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="train this many steps instead of --max-seconds (step-matched "
+                             "comparisons; --eval-every then counts steps)")
     parser.add_argument("--eval-every", type=float, default=120.0,
-                        help="evaluate the test set every this many training seconds "
-                             "(default: 120)")
+                        help="evaluate the test set every this many training seconds, or "
+                             "steps with --max-steps (default: 120)")
     parser.add_argument("--optimizer", default="adamax", choices=("adamax", "adam"),
                         help="default: adamax (openai/glow's)")
     parser.add_argument("--lr", type=float, default=1e-3, help="default: 1e-3")
     parser.add_argument("--warmup", default="200",
                         help="linear warm-up, steps or 'Xepochs' (default: 200 steps)")
     parser.add_argument("--clip-norm", type=float, default=None, help="default: off")
+    parser.add_argument("--zero-log-scale-factor", type=float, default=None,
+                        help="Glow's zero-conv log-scale multiplier (default: 3, openai/glow)")
+    parser.add_argument("--ema", type=float, default=0.0,
+                        help="Polyak averaging momentum, evaluated weights (default: 0, off)")
     parser.add_argument("--mixed-precision", default="off", choices=("off", "bf16", "fp16"))
     parser.add_argument("--jit", default="auto", choices=("auto", "on", "off"))
     parser.add_argument("--seed", type=int, default=0)
@@ -79,6 +89,7 @@ def main(argv=None):
     config = training.resolve_config(training.TrainConfig(
         dataset=f"idx:{args.data_dir}", preset="none", **W2, optimizer=args.optimizer,
         lr=args.lr, warmup=args.warmup, clip_norm=args.clip_norm, validation_fraction=0.0,
+        zero_log_scale_factor=args.zero_log_scale_factor, ema=args.ema,
         mixed_precision=args.mixed_precision, jit=args.jit, seed=args.seed, verbose=0))
 
     def report(line):
@@ -94,14 +105,17 @@ def main(argv=None):
         model = training.build_model(config, data)
         training.compile_model(model, plan)
         training.initialize(model, data, config)
+        unit = "seconds" if args.max_steps is None else "steps"
+        budget = args.max_seconds if args.max_steps is None else args.max_steps
         report({"benchmark": "fashion_mnist", "workload": "W2", **{k: getattr(config, k) for k in (
-            "levels", "depth", "hidden_width", "batch_size", "optimizer", "lr",
-            "mixed_precision")}, "warmup_steps": plan.warmup_steps,
+            "levels", "depth", "hidden_width", "batch_size", "optimizer", "lr", "clip_norm",
+            "ema", "mixed_precision")}, "zero_log_scale_factor": model.zero_log_scale_factor,
+                "warmup_steps": plan.warmup_steps, "budget": budget, "unit": unit,
                 "params": model.count_params(), "train_images": data.num_train,
                 "test_images": data.num_test, "machine": f"{os.cpu_count()} CPU cores",
                 "platform": platform.platform(), "date": time.strftime("%Y-%m-%d")})
-        timed = TimedEvaluation(data.test, evaluation_points(args.max_seconds, args.eval_every),
-                                report)
+        timed = TimedEvaluation(data.test, evaluation_points(budget, args.eval_every), report,
+                                unit=unit)
         model.fit(data.train.repeat(), epochs=1, steps_per_epoch=10**9, callbacks=[timed],
                   verbose=0, shuffle=False)
     finals = [r for r in timed.results if "test_bits_per_dim" in r]

@@ -114,22 +114,27 @@ class TimeLimit(keras.callbacks.Callback):
 
 
 class TimedEvaluation(keras.callbacks.Callback):
-    """Evaluates bits/dim on `dataset` at fixed amounts of training time, then stops.
+    """Evaluates bits/dim on `dataset` at fixed amounts of training time (or steps), then stops.
 
     Training time runs from the start of `fit` (graph tracing included) and excludes the
-    evaluations themselves, so runs of different speeds compare at equal training budgets.
-    At each point `report` receives `{"training_seconds", "steps", "train_bits_per_dim"
+    evaluations themselves, so runs of different speeds compare at equal training budgets;
+    `unit="steps"` compares at equal numbers of steps instead (robust to a host whose speed
+    varies). At each point `report` receives `{"training_seconds", "steps", "train_bits_per_dim"
     (the epoch's running mean), "test_bits_per_dim", "eval_seconds"}`; training stops after
     the last point, or at a non-finite loss (reported with `"diverged": True`).
 
     Args:
         dataset: held-out `tf.data.Dataset`.
-        points: training seconds at which to evaluate, e.g. `(120, 240, 360, 480, 600)`.
+        points: training seconds (or steps) at which to evaluate, e.g. `(120, 240, 360)`.
         report: called with each point's dict (e.g. to print a JSON line).
+        unit: `"seconds"` (default) or `"steps"`.
     """
 
-    def __init__(self, dataset, points, report):
+    def __init__(self, dataset, points, report, unit="seconds"):
         super().__init__()
+        if unit not in ("seconds", "steps"):
+            raise ValueError(f"unit must be 'seconds' or 'steps'; got {unit!r}.")
+        self.unit = unit
         self.dataset = dataset
         self.points = sorted(float(p) for p in points)
         self.report = report
@@ -141,6 +146,10 @@ class TimedEvaluation(keras.callbacks.Callback):
     def training_seconds(self):
         return time.monotonic() - self._start - self._excluded
 
+    def progress(self):
+        """Training seconds or steps so far, in the unit of the points."""
+        return self.steps if self.unit == "steps" else self.training_seconds()
+
     def on_train_begin(self, logs=None):
         self._start = time.monotonic()
 
@@ -151,7 +160,7 @@ class TimedEvaluation(keras.callbacks.Callback):
             self._emit({"diverged": True, "loss": float(loss)}, logs)
             self.model.stop_training = True
         elif len(self.results) < len(self.points) and (
-                self.training_seconds() >= self.points[len(self.results)]):
+                self.progress() >= self.points[len(self.results)]):
             evaluated = time.monotonic()
             with ema_weights(self.model):
                 test = evaluate_bits_per_dim(self.model, self.dataset)

@@ -66,7 +66,8 @@ RUN_FILES = ("config.json", "checkpoints", "samples", "tensorboard", "export", "
              "metrics.json", "history.json", "best.json", "best.weights.npz",
              "bits_per_dim.png", "samples_T*.png")
 BAD_FILE_MODES = ("skip", "error")
-GLOW_ONLY = ("depth", "permutation", "coupling", "lu", "learn_top", "remat")
+GLOW_ONLY = ("depth", "permutation", "coupling", "lu", "learn_top", "remat",
+             "zero_log_scale_factor")
 
 
 def _option(default, help, **metadata):
@@ -108,12 +109,15 @@ class TrainConfig:
     remat: bool = _option(None, "Glow: gradient checkpointing: each step of flow recomputes its "
                           "activations in the backward pass (about 1.3x the step time, a "
                           "fraction of the activation memory; default: off)")
+    zero_log_scale_factor: float = _option(
+        None, "Glow: log-scale multiplier of the zero-initialised convolutions (the couplings' "
+        "last layer, the learned priors); 1 is steadier under Adam (default: 3, openai/glow's)")
     conditional: bool = _option(False, "Glow: class-conditional prior (needs labels)")
     classifier_weight: float = _option(0.0, "Glow: weight of the class-prediction loss "
                                        "(openai/glow weight_y; needs --conditional)")
     n_bits: int = _option(None, "bits per colour channel kept, 1..8 (default: preset, else 8)")
     optimizer: str = _option("adamax", "adamax: openai/glow's (beta2 = 1 - 1/steps_per_epoch)"
-                             "; adam: Keras Adam", choices=OPTIMIZERS)
+                             "; adam: Adam (with TensorFlow's fused update)", choices=OPTIMIZERS)
     lr: float = _option(None, "peak learning rate (default: preset, else 1e-3)")
     warmup: str = _option(None, "linear learning-rate warm-up: N steps, or 'Xepochs' / 'Xep' "
                           "(default: preset, else 1epoch; 0: none)")
@@ -468,7 +472,7 @@ def build_model(config, data):
         options.update(depth=config.depth, permutation=config.permutation,
                        coupling=config.coupling, lu_decomposed=config.lu,
                        learn_top=config.learn_top, classifier_weight=config.classifier_weight,
-                       remat=config.remat)
+                       remat=config.remat, zero_log_scale_factor=config.zero_log_scale_factor)
         if config.conditional:
             if not data.num_classes:
                 raise ValueError(f"conditional needs labels, and {config.dataset!r} has none.")

@@ -11,7 +11,10 @@ import keras
 import numpy as np
 import pytest
 
+from keras_flow import optimizers
 from keras_flow import training
+from keras_flow.callbacks import TimedEvaluation
+from keras_flow.optimizers import FusedAdam
 from keras_flow.optimizers import GlowAdamax
 from keras_flow.optimizers import LinearWarmup
 from keras_flow.optimizers import make_optimizer
@@ -51,16 +54,48 @@ def _reference_adamax(w, grads, lr, beta_1, beta_2, epsilon=1e-8):
     return w
 
 
-def test_glow_adamax_matches_openai_glow_update():
+def _reference_adam(w, grads, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+    """Kingma & Ba's Adam (Keras's epsilon placement), in NumPy."""
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for t, g in enumerate(grads, start=1):
+        m = beta_1 * m + (1 - beta_1) * g
+        v = beta_2 * v + (1 - beta_2) * g ** 2
+        w = w - lr * np.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t) * m / (np.sqrt(v) + epsilon)
+    return w
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "keras-ops"])
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "tf.function"])
+@pytest.mark.parametrize("name", ["adamax", "adam"])
+def test_optimizers_match_their_reference_updates(name, traced, fused, monkeypatch):
+    """Both update paths (TensorFlow's fused kernel and the backend-neutral ops) follow the
+    reference formulas, eagerly and traced."""
+    decisions = []
+    applies = optimizers.fused_kernel_applies if fused else (lambda *args: False)
+    monkeypatch.setattr(optimizers, "fused_kernel_applies",
+                        lambda *args: decisions.append(applies(*args)) or decisions[-1])
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=(3, 4)).astype("float32")
     grads = [rng.normal(size=(3, 4)).astype("float32") for _ in range(3)]
     variable = keras.Variable(w0)
-    optimizer = GlowAdamax(learning_rate=0.01, beta_2=0.95)
+    if name == "adamax":
+        optimizer = GlowAdamax(learning_rate=0.01, beta_2=0.95)
+        expected = _reference_adamax(w0.astype("float64"), grads, 0.01, 0.9, 0.95)
+    else:
+        optimizer = FusedAdam(learning_rate=0.01, beta_2=0.95)
+        expected = _reference_adam(w0.astype("float64"), grads, 0.01, beta_2=0.95)
+
+    def apply(g):
+        optimizer.apply_gradients([(g, variable)])
+
+    if traced:
+        import tensorflow as tf
+        apply = tf.function(apply)
     for g in grads:
-        optimizer.apply_gradients([(keras.ops.convert_to_tensor(g), variable)])
-    expected = _reference_adamax(w0.astype("float64"), grads, 0.01, 0.9, 0.95)
+        apply(keras.ops.convert_to_tensor(g))
     np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert int(optimizer.iterations.numpy()) == len(grads)
+    assert decisions and set(decisions) == {fused}
 
 
 def test_warmup_schedule_values_and_config_round_trip():
@@ -74,6 +109,8 @@ def test_warmup_schedule_values_and_config_round_trip():
     assert restored.beta_2 == pytest.approx(1 - 1 / 50)
     assert restored.global_clipnorm == 5.0
     assert float(restored.learning_rate) == pytest.approx(2e-3 / 10)
+    assert isinstance(keras.optimizers.deserialize(keras.optimizers.serialize(
+        make_optimizer("adam"))), FusedAdam)
 
 
 def test_optimizer_options_are_checked():
@@ -81,6 +118,27 @@ def test_optimizer_options_are_checked():
         make_optimizer("sgd")
     with pytest.raises(ValueError, match="ema"):
         make_optimizer("adam", ema=1.5)
+
+
+def test_timed_evaluation_at_step_points_then_stops():
+    """The benchmarks' evaluation callback: one report per point, training stops after the last."""
+    import tensorflow as tf
+    from keras_flow import Glow
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 16, size=(32, 4, 4, 1)) / 16.0 - 0.5).astype("float32")
+    model = Glow(levels=1, depth=1, hidden_width=4, num_bins=16, image_shape=(4, 4, 1))
+    model.initialize(x)
+    model.compile(optimizer=make_optimizer("adam", 1e-3))
+    reports = []
+    images = tf.data.Dataset.from_tensor_slices(x)
+    timed = TimedEvaluation(images.batch(16), (2, 5), reports.append, unit="steps")
+    model.fit(images.batch(8).repeat(), epochs=1, steps_per_epoch=50, callbacks=[timed],
+              verbose=0, shuffle=False)
+    assert [r["steps"] for r in reports] == [2, 5] and timed.steps == 5
+    assert all(np.isfinite(r["test_bits_per_dim"]) and r["training_seconds"] > 0
+               for r in reports)
+    with pytest.raises(ValueError, match="unit"):
+        TimedEvaluation(None, (1,), print, unit="epochs")
 
 
 # --- configuration -------------------------------------------------------------------------

@@ -34,13 +34,17 @@ class GlowCouplingNetwork(keras.layers.Layer):
         output_channels: channels of the output.
         hidden_width: channels of the two hidden layers (openai/glow: 512).
         edge_padding: openai/glow's border-indicator channel on the 3x3 convolutions.
+        zero_log_scale_factor: the last convolution's log-scale multiplier (`ZeroConv2D`'s
+            `log_scale_factor`; openai/glow: 3).
     """
 
-    def __init__(self, output_channels, hidden_width=512, edge_padding=True, **kwargs):
+    def __init__(self, output_channels, hidden_width=512, edge_padding=True,
+                 zero_log_scale_factor=3.0, **kwargs):
         super().__init__(**kwargs)
         self.output_channels = int(output_channels)
         self.hidden_width = int(hidden_width)
         self.edge_padding = bool(edge_padding)
+        self.zero_log_scale_factor = float(zero_log_scale_factor)
         normal = keras.initializers.RandomNormal(stddev=0.05)
         policy = self.dtype_policy
         self.conv_in = EdgePaddedConv2D(
@@ -52,8 +56,8 @@ class GlowCouplingNetwork(keras.layers.Layer):
             name="conv_hidden", dtype=policy)
         self.norm_hidden = Actnorm(name="actnorm_hidden", dtype=policy)
         self.conv_out = ZeroConv2D(
-            self.output_channels, 3, edge_padding=self.edge_padding, name="conv_out",
-            dtype=policy)
+            self.output_channels, 3, edge_padding=self.edge_padding,
+            log_scale_factor=self.zero_log_scale_factor, name="conv_out", dtype=policy)
 
     def build(self, input_shape):
         hidden_shape = tuple(input_shape[:-1]) + (self.hidden_width,)
@@ -74,7 +78,8 @@ class GlowCouplingNetwork(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(output_channels=self.output_channels, hidden_width=self.hidden_width,
-                      edge_padding=self.edge_padding)
+                      edge_padding=self.edge_padding,
+                      zero_log_scale_factor=self.zero_log_scale_factor)
         return config
 
 

@@ -45,7 +45,7 @@ class Coupling(FlowLayer):
     params_per_channel = 1
 
     def __init__(self, hidden_width=512, mask="channel", mask_parity=0, network="glow",
-                 residual_blocks=4, edge_padding=True, **kwargs):
+                 residual_blocks=4, edge_padding=True, zero_log_scale_factor=3.0, **kwargs):
         super().__init__(**kwargs)
         if mask not in MASKS:
             raise ValueError(f"Unknown mask {mask!r}; choose one of {MASKS}.")
@@ -62,6 +62,7 @@ class Coupling(FlowLayer):
         self.network_type = network
         self.residual_blocks = int(residual_blocks)
         self.edge_padding = bool(edge_padding)
+        self.zero_log_scale_factor = float(zero_log_scale_factor)
 
     def build(self, input_shape):
         channels = require_channels(self, input_shape)
@@ -82,7 +83,8 @@ class Coupling(FlowLayer):
     def _make_network(self, output_channels):
         if self.network_type == "glow":
             return GlowCouplingNetwork(output_channels, self.hidden_width, self.edge_padding,
-                                       name="network", dtype=self.dtype_policy)
+                                       self.zero_log_scale_factor, name="network",
+                                       dtype=self.dtype_policy)
         return ResNetCouplingNetwork(output_channels, self.hidden_width, self.residual_blocks,
                                      name="network", dtype=self.dtype_policy)
 
@@ -140,7 +142,8 @@ class Coupling(FlowLayer):
         config = super().get_config()
         config.update(hidden_width=self.hidden_width, mask=self.mask,
                       mask_parity=self.mask_parity, network=self.network_type,
-                      residual_blocks=self.residual_blocks, edge_padding=self.edge_padding)
+                      residual_blocks=self.residual_blocks, edge_padding=self.edge_padding,
+                      zero_log_scale_factor=self.zero_log_scale_factor)
         return config
 
 
@@ -160,6 +163,8 @@ class AdditiveCoupling(Coupling):
             `"resnet"` (RealNVP's weight-normalised ResNet).
         residual_blocks: residual blocks of the `"resnet"` network.
         edge_padding: openai/glow's border channel in the `"glow"` network.
+        zero_log_scale_factor: log-scale multiplier of the `"glow"` network's zero-initialised
+            last convolution (openai/glow: 3).
 
     Call arguments: `inputs` `(batch_size, height, width, channels)`, `inverse`.
     Returns: `(outputs, log_det)`, log-det float32 `(batch_size,)`.

@@ -25,13 +25,13 @@ def make_permutation(permutation, lu_decomposed, seed, name, dtype):
     raise ValueError(f"Unknown permutation {permutation!r}; choose one of {PERMUTATIONS}.")
 
 
-def make_coupling(coupling, hidden_width, edge_padding, name, dtype):
+def make_coupling(coupling, hidden_width, edge_padding, zero_log_scale_factor, name, dtype):
     """The coupling named `coupling` (`"additive"` or `"affine"`) with Glow's network."""
-    if coupling == "additive":
-        return AdditiveCoupling(hidden_width, edge_padding=edge_padding, name=name, dtype=dtype)
-    if coupling == "affine":
-        return AffineCoupling(hidden_width, edge_padding=edge_padding, name=name, dtype=dtype)
-    raise ValueError(f"Unknown coupling {coupling!r}; choose one of {COUPLINGS}.")
+    if coupling not in COUPLINGS:
+        raise ValueError(f"Unknown coupling {coupling!r}; choose one of {COUPLINGS}.")
+    layer = AdditiveCoupling if coupling == "additive" else AffineCoupling
+    return layer(hidden_width, edge_padding=edge_padding,
+                 zero_log_scale_factor=zero_log_scale_factor, name=name, dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_flow")
@@ -48,13 +48,16 @@ class FlowStep(FlowLayer):
         lu_decomposed: LU parameterisation of the 1x1 convolution (True).
         seed: seed of the shuffle order or the 1x1 convolution's initial rotation.
         edge_padding: openai/glow's border channel in the coupling network.
+        zero_log_scale_factor: log-scale multiplier of the coupling network's zero-initialised
+            last convolution (openai/glow: 3).
 
     Call arguments: `inputs` `(batch_size, height, width, channels)`, `inverse`.
     Returns: `(outputs, log_det)`, log-det float32 `(batch_size,)`.
     """
 
     def __init__(self, hidden_width=512, permutation="conv1x1", coupling="affine",
-                 lu_decomposed=True, seed=0, edge_padding=True, **kwargs):
+                 lu_decomposed=True, seed=0, edge_padding=True, zero_log_scale_factor=3.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.hidden_width = int(hidden_width)
         self.permutation = permutation
@@ -62,11 +65,13 @@ class FlowStep(FlowLayer):
         self.lu_decomposed = bool(lu_decomposed)
         self.seed = int(seed)
         self.edge_padding = bool(edge_padding)
+        self.zero_log_scale_factor = float(zero_log_scale_factor)
         policy = self.dtype_policy
         self.flows = [
             Actnorm(name="actnorm", dtype=policy),
             make_permutation(permutation, self.lu_decomposed, self.seed, "permutation", policy),
-            make_coupling(coupling, self.hidden_width, self.edge_padding, "coupling", policy),
+            make_coupling(coupling, self.hidden_width, self.edge_padding,
+                          self.zero_log_scale_factor, "coupling", policy),
         ]
         if any(not flow.supports_jit for flow in self.flows):
             self.supports_jit = False
@@ -93,5 +98,6 @@ class FlowStep(FlowLayer):
         config = super().get_config()
         config.update(hidden_width=self.hidden_width, permutation=self.permutation,
                       coupling=self.coupling, lu_decomposed=self.lu_decomposed, seed=self.seed,
-                      edge_padding=self.edge_padding)
+                      edge_padding=self.edge_padding,
+                      zero_log_scale_factor=self.zero_log_scale_factor)
         return config

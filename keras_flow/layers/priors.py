@@ -75,6 +75,8 @@ class Split2D(FlowLayer):
     Args:
         learned: learn the conditional prior (openai/glow) or use N(0, I) (RealNVP).
         edge_padding: openai/glow's border channel in the prior's 3x3 conv.
+        zero_log_scale_factor: log-scale multiplier of the prior's zero-initialised conv
+            (openai/glow: 3).
 
     Call arguments:
         inputs: forward `(batch_size, height, width, channels)`; inverse `(z1, eps)` or `z1`.
@@ -83,10 +85,11 @@ class Split2D(FlowLayer):
     Returns: forward `((z1, eps), log_det)`, inverse `(z, log_det)`.
     """
 
-    def __init__(self, learned=True, edge_padding=True, **kwargs):
+    def __init__(self, learned=True, edge_padding=True, zero_log_scale_factor=3.0, **kwargs):
         super().__init__(**kwargs)
         self.learned = bool(learned)
         self.edge_padding = bool(edge_padding)
+        self.zero_log_scale_factor = float(zero_log_scale_factor)
 
     def build(self, input_shape):
         channels = require_channels(self, input_shape)
@@ -98,7 +101,9 @@ class Split2D(FlowLayer):
         self.factored_channels = channels // 2
         if self.learned:
             self.prior = ZeroConv2D(2 * self.factored_channels, 3, name="prior",
-                                    edge_padding=self.edge_padding, dtype=self.dtype_policy)
+                                    edge_padding=self.edge_padding,
+                                    log_scale_factor=self.zero_log_scale_factor,
+                                    dtype=self.dtype_policy)
             self.prior.build(tuple(input_shape[:-1]) + (self.kept_channels,))
 
     def _mean_and_log_std(self, kept):
@@ -136,7 +141,8 @@ class Split2D(FlowLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(learned=self.learned, edge_padding=self.edge_padding)
+        config.update(learned=self.learned, edge_padding=self.edge_padding,
+                      zero_log_scale_factor=self.zero_log_scale_factor)
         return config
 
 
@@ -157,25 +163,31 @@ class TopPrior(FlowLayer):
         num_classes: > 0 for a class-conditional prior (openai/glow `ycond`); then the call
             needs `labels`, int `(batch_size,)`.
         edge_padding: the border channel of the learned prior.
+        zero_log_scale_factor: log-scale multiplier of the zero-initialised convs
+            (openai/glow: 3).
     """
 
-    def __init__(self, learn_top=True, num_classes=0, edge_padding=True, **kwargs):
+    def __init__(self, learn_top=True, num_classes=0, edge_padding=True,
+                 zero_log_scale_factor=3.0, **kwargs):
         super().__init__(**kwargs)
         if int(num_classes) < 0:
             raise ValueError(f"num_classes must be >= 0; received {num_classes}.")
         self.learn_top = bool(learn_top)
         self.num_classes = int(num_classes)
         self.edge_padding = bool(edge_padding)
+        self.zero_log_scale_factor = float(zero_log_scale_factor)
 
     def build(self, input_shape):
         channels = require_channels(self, input_shape)
         self.channels = channels
         if self.learn_top:
-            self.top = ZeroConv2D(2 * channels, 3, edge_padding=self.edge_padding, name="top",
+            self.top = ZeroConv2D(2 * channels, 3, edge_padding=self.edge_padding,
+                                  log_scale_factor=self.zero_log_scale_factor, name="top",
                                   dtype=self.dtype_policy)
             self.top.build((1,) + tuple(input_shape[1:]))
         if self.num_classes:
             self.class_embedding = ZeroConv2D(2 * channels, 1, edge_padding=False,
+                                              log_scale_factor=self.zero_log_scale_factor,
                                               name="class_embedding", dtype=self.dtype_policy)
             self.class_embedding.build((None, 1, 1, self.num_classes))
 
@@ -215,5 +227,6 @@ class TopPrior(FlowLayer):
     def get_config(self):
         config = super().get_config()
         config.update(learn_top=self.learn_top, num_classes=self.num_classes,
-                      edge_padding=self.edge_padding)
+                      edge_padding=self.edge_padding,
+                      zero_log_scale_factor=self.zero_log_scale_factor)
         return config

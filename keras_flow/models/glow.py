@@ -43,6 +43,10 @@ class Glow(FlowModel):
         classifier_weight: weight of the class-prediction loss (openai/glow `weight_y`).
         num_bins: quantisation levels of the data (256 for 8 bits; 32 for 5 bits).
         edge_padding: openai/glow's border channel in every 3x3 conv (True).
+        zero_log_scale_factor: log-scale multiplier `f` of the zero-initialised convs of the
+            couplings (their last layer) and the learned priors, `(conv(x) + b) * exp(f * logs)`;
+            openai/glow's 3 (default). A smaller `f` slows the output scales' learning:
+            with Adam at 1e-3, 1 avoids the loss spikes that 3 shows (BENCHMARKS.md).
         image_shape: `(H, W, C)`; when given the model is built at once.
         seed: seeds the shuffles and the 1x1 convolutions (each step its own).
         remat: gradient checkpointing (False). In training, each step of flow keeps only its
@@ -67,7 +71,7 @@ class Glow(FlowModel):
     def __init__(self, levels=3, depth=32, hidden_width=512, permutation="conv1x1",
                  lu_decomposed=True, coupling="affine", learn_top=True, num_classes=0,
                  classifier_weight=0.0, num_bins=256, edge_padding=True, image_shape=None,
-                 seed=0, remat=False, **kwargs):
+                 seed=0, remat=False, zero_log_scale_factor=3.0, **kwargs):
         super().__init__(num_bins=num_bins, num_classes=num_classes,
                          classifier_weight=classifier_weight, image_shape=image_shape,
                          seed=seed, **kwargs)
@@ -88,18 +92,23 @@ class Glow(FlowModel):
         self.learn_top = bool(learn_top)
         self.edge_padding = bool(edge_padding)
         self.remat = bool(remat)
+        self.zero_log_scale_factor = float(zero_log_scale_factor)
+        if not self.zero_log_scale_factor > 0:
+            raise ValueError(f"Glow needs zero_log_scale_factor > 0; got {zero_log_scale_factor}.")
         policy = self.dtype_policy
+        zero_factor = dict(zero_log_scale_factor=self.zero_log_scale_factor)
         self.squeezes = [Squeeze(name=f"squeeze_{i}", dtype=policy) for i in range(self.levels)]
         self.steps = [
             [FlowStep(self.hidden_width, permutation, coupling, self.lu_decomposed,
                       seed=self.seed * 100003 + i * 1000 + k, edge_padding=self.edge_padding,
-                      name=f"step_{i}_{k}", dtype=policy)
+                      **zero_factor, name=f"step_{i}_{k}", dtype=policy)
              for k in range(self.depth)]
             for i in range(self.levels)]
-        self.splits = [Split2D(edge_padding=self.edge_padding, name=f"split_{i}", dtype=policy)
+        self.splits = [Split2D(edge_padding=self.edge_padding, **zero_factor,
+                               name=f"split_{i}", dtype=policy)
                        for i in range(self.levels - 1)]
         self.top_prior = TopPrior(self.learn_top, self.num_classes, self.edge_padding,
-                                  name="top_prior", dtype=policy)
+                                  **zero_factor, name="top_prior", dtype=policy)
         if any(not step.supports_jit for level in self.steps for step in level):
             self.supports_jit = False
         if self.image_shape is not None:
@@ -183,5 +192,6 @@ class Glow(FlowModel):
         config.update(levels=self.levels, depth=self.depth, hidden_width=self.hidden_width,
                       permutation=self.permutation, lu_decomposed=self.lu_decomposed,
                       coupling=self.coupling, learn_top=self.learn_top,
-                      edge_padding=self.edge_padding, remat=self.remat)
+                      edge_padding=self.edge_padding, remat=self.remat,
+                      zero_log_scale_factor=self.zero_log_scale_factor)
         return config

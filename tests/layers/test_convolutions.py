@@ -1,5 +1,6 @@
-import numpy as np
 import keras
+import numpy as np
+import pytest
 
 from keras_flow.layers import EdgePaddedConv2D
 from keras_flow.layers import ZeroConv2D
@@ -22,12 +23,15 @@ def test_edge_padding_equals_openai_glow_explicit_border_channel():
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def test_zero_conv_starts_at_zero_and_scales_by_exp_3_logs():
+@pytest.mark.parametrize("factor", [None, 1.0])
+def test_zero_conv_starts_at_zero_and_scales_by_exp_factor_logs(factor):
+    """Default factor 3 (openai/glow), or the one given."""
     x = random_images((2, 4, 4, 3))
-    layer = ZeroConv2D(5)
+    layer = ZeroConv2D(5) if factor is None else ZeroConv2D(5, log_scale_factor=factor)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), 0.0)
     perturb_weights(layer, scale=0.1)
     logs = keras.ops.convert_to_numpy(layer.logs)
     base = keras.ops.convert_to_numpy(EdgePaddedConv2D.call(layer, x))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), base * np.exp(3 * logs),
-                               rtol=1e-5, atol=1e-6)
+    expected = base * np.exp((3.0 if factor is None else factor) * logs)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected, rtol=1e-5,
+                               atol=1e-6)

@@ -123,6 +123,19 @@ def test_unbuilt_config_round_trip():
     assert not clone.built and clone.image_shape is None
 
 
+def test_zero_log_scale_factor_reaches_every_zero_conv_of_couplings_and_priors():
+    from keras_flow.layers.convolutions import ZeroConv2D
+    model = small_glow(zero_log_scale_factor=1.0)
+    factors = {layer.path: layer.log_scale_factor for layer in model._flatten_layers()
+               if isinstance(layer, ZeroConv2D)}
+    assert len(factors) == 2 * 2 + 1 + 1  # a coupling per step, a split, the top prior
+    assert set(factors.values()) == {1.0}
+    clone = Glow.from_config(model.get_config())
+    assert clone.zero_log_scale_factor == 1.0
+    assert small_glow().zero_log_scale_factor == 3.0  # openai/glow's
+    with pytest.raises(ValueError, match="zero_log_scale_factor > 0"):
+        small_glow(zero_log_scale_factor=0)
+
 def test_class_conditional_glow_trains_and_samples_with_labels():
     x = preprocessed_images((12, 4, 4, 1), seed=7)
     labels = np.arange(12) % 3
