@@ -9,7 +9,10 @@ function for a fraction of the cost. The map is computed as one small matrix pro
 border's (constant) patches with `W_edge`, whose gradient is cheap too.
 """
 
+import functools
+
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -21,13 +24,25 @@ def border_indicator(inputs, kernel_size):
     return 1.0 - ops.pad(inside, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
 
 
+@functools.lru_cache(maxsize=64)
+def static_border_patches(height, width, kernel_size):
+    """`border_patches` for a static image size, as a NumPy array (one constant in a graph)."""
+    pad = (kernel_size - 1) // 2
+    border = np.pad(np.zeros((height, width), "float32"), pad, constant_values=1.0)
+    taps = [border[dy:dy + height, dx:dx + width]
+            for dy in range(kernel_size) for dx in range(kernel_size)]
+    return np.stack(taps, axis=-1).reshape(-1, kernel_size * kernel_size)
+
+
 def border_patches(inputs, kernel_size):
     """`(H * W, k * k)` patches of the border map: `conv_valid(border, W_edge)` equals
-    `border_patches @ reshape(W_edge, (k * k, filters))`. A constant of the input's shape
-    (folded at trace time when the shape is static)."""
-    border = border_indicator(inputs, kernel_size)[0, :, :, 0]
+    `border_patches @ reshape(W_edge, (k * k, filters))`. A constant for a static image size;
+    built from the input's dynamic shape otherwise."""
     shape = ops.shape(inputs)
     height, width = shape[1], shape[2]
+    if isinstance(height, int) and isinstance(width, int):
+        return static_border_patches(height, width, kernel_size)
+    border = border_indicator(inputs, kernel_size)[0, :, :, 0]
     taps = [border[dy:dy + height, dx:dx + width]
             for dy in range(kernel_size) for dx in range(kernel_size)]
     return ops.reshape(ops.stack(taps, axis=-1), (-1, kernel_size * kernel_size))

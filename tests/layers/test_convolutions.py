@@ -21,6 +21,10 @@ def test_edge_padding_equals_openai_glow_explicit_border_channel():
     expected = keras.ops.convert_to_numpy(
         keras.ops.conv(np.concatenate([padded, border], -1), kernel, padding="valid"))
     np.testing.assert_allclose(got, expected, atol=1e-5)
+    # The same through the dynamic-shape path (image size unknown when traced).
+    import tensorflow as tf
+    dynamic = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, 3))])
+    np.testing.assert_allclose(dynamic(x).numpy(), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("factor", [None, 1.0])
