@@ -52,6 +52,9 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", default="200",
                         help="linear warm-up, steps or 'Xepochs' (default: 200 steps)")
     parser.add_argument("--clip-norm", type=float, default=None, help="default: off")
+    parser.add_argument("--lr-decay-steps", type=int, default=None,
+                        help="cosine decay to 0 over this many steps after the warm-up "
+                             "(default: off)")
     parser.add_argument("--zero-log-scale-factor", type=float, default=None,
                         help="Glow's zero-conv log-scale multiplier (default: 3, openai/glow)")
     parser.add_argument("--ema", type=float, default=0.0,
@@ -90,6 +93,7 @@ def main(argv=None):
         dataset=f"idx:{args.data_dir}", preset="none", **W2, optimizer=args.optimizer,
         lr=args.lr, warmup=args.warmup, clip_norm=args.clip_norm, validation_fraction=0.0,
         zero_log_scale_factor=args.zero_log_scale_factor, ema=args.ema,
+        lr_decay_steps=args.lr_decay_steps,
         mixed_precision=args.mixed_precision, jit=args.jit, seed=args.seed, verbose=0))
 
     def report(line):
@@ -109,7 +113,7 @@ def main(argv=None):
         budget = args.max_seconds if args.max_steps is None else args.max_steps
         report({"benchmark": "fashion_mnist", "workload": "W2", **{k: getattr(config, k) for k in (
             "levels", "depth", "hidden_width", "batch_size", "optimizer", "lr", "clip_norm",
-            "ema", "mixed_precision")}, "zero_log_scale_factor": model.zero_log_scale_factor,
+            "ema", "lr_decay_steps", "mixed_precision")}, "zero_log_scale_factor": model.zero_log_scale_factor,
                 "warmup_steps": plan.warmup_steps, "budget": budget, "unit": unit,
                 "params": model.count_params(), "train_images": data.num_train,
                 "test_images": data.num_test, "machine": f"{os.cpu_count()} CPU cores",

@@ -173,14 +173,35 @@ def glow_beta_2(steps_per_epoch):
     return 1.0 - 1.0 / max(2, int(steps_per_epoch))
 
 
+def learning_rate_schedule(learning_rate, warmup_steps=0, decay_steps=0):
+    """`LinearWarmup` to `learning_rate`; with `decay_steps > 0`, then a cosine decay to 0 over
+    that many steps (Keras's `CosineDecay` with its linear warm-up from 0):
+
+        lr(t) = learning_rate * t / warmup_steps                              t < warmup_steps
+        lr(t) = learning_rate * (1 + cos(pi * min(t - warmup_steps, decay_steps)
+                                         / decay_steps)) / 2                  afterwards
+    """
+    if decay_steps < 0:
+        raise ValueError(f"decay_steps must be >= 0 (0: no decay); got {decay_steps}.")
+    if not decay_steps:
+        return LinearWarmup(learning_rate, warmup_steps)
+    if warmup_steps:
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, int(decay_steps), warmup_target=float(learning_rate),
+            warmup_steps=int(warmup_steps))
+    return keras.optimizers.schedules.CosineDecay(float(learning_rate), int(decay_steps))
+
+
 def make_optimizer(name="adamax", learning_rate=1e-3, warmup_steps=0, steps_per_epoch=None,
-                   clip_norm=None, ema=0.0):
+                   clip_norm=None, ema=0.0, decay_steps=0):
     """The training optimiser: `"adamax"` (`GlowAdamax`, openai/glow) or `"adam"` (`FusedAdam`).
 
     Args:
         name: `"adamax"` or `"adam"`.
         learning_rate: peak learning rate, reached after `warmup_steps` (`LinearWarmup`).
         warmup_steps: linear warm-up length in steps (0: none).
+        decay_steps: cosine decay to 0 over this many steps after the warm-up (0: constant;
+            see `learning_rate_schedule`).
         steps_per_epoch: sets Adamax's `beta_2 = 1 - 1/steps_per_epoch` as openai/glow does
             (None: 0.999).
         clip_norm: clip the gradients to this global norm (None or 0: no clipping).
@@ -197,7 +218,8 @@ def make_optimizer(name="adamax", learning_rate=1e-3, warmup_steps=0, steps_per_
         raise ValueError(f"ema must be in [0, 1) (0 turns it off, e.g. 0.999); got {ema}.")
     if clip_norm is not None and (clip_norm < 0 or not math.isfinite(clip_norm)):
         raise ValueError(f"clip_norm must be >= 0 (0 or None: no clipping); got {clip_norm}.")
-    options = dict(learning_rate=LinearWarmup(learning_rate, warmup_steps),
+    options = dict(learning_rate=learning_rate_schedule(learning_rate, warmup_steps,
+                                                        decay_steps),
                    global_clipnorm=clip_norm or None, use_ema=ema > 0,
                    ema_momentum=ema if ema > 0 else 0.99)
     if name == "adam":

@@ -121,6 +121,8 @@ class TrainConfig:
     lr: float = _option(None, "peak learning rate (default: preset, else 1e-3)")
     warmup: str = _option(None, "linear learning-rate warm-up: N steps, or 'Xepochs' / 'Xep' "
                           "(default: preset, else 1epoch; 0: none)")
+    lr_decay_steps: int = _option(None, "cosine decay of the learning rate to 0 over this many "
+                                  "steps after the warm-up (default: off, constant)")
     clip_norm: float = _option(None, "clip gradients to this global norm (default: off)")
     ema: float = _option(None, "momentum of an exponential moving average of the weights, "
                          "used for evaluation, samples and the saved model (default: preset, "
@@ -483,7 +485,8 @@ def build_model(config, data):
 def compile_model(model, plan):
     config = plan.config
     optimizer = make_optimizer(config.optimizer, config.lr, plan.warmup_steps,
-                               plan.steps_per_epoch, config.clip_norm, config.ema)
+                               plan.steps_per_epoch, config.clip_norm, config.ema,
+                               config.lr_decay_steps or 0)
     model.compile(optimizer=optimizer, jit_compile=JIT[config.jit])
 
 

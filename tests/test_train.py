@@ -113,6 +113,21 @@ def test_warmup_schedule_values_and_config_round_trip():
         make_optimizer("adam"))), FusedAdam)
 
 
+def test_cosine_decay_after_the_warm_up():
+    schedule = optimizers.learning_rate_schedule(1e-3, warmup_steps=4, decay_steps=10)
+    values = [float(schedule(step)) for step in (0, 2, 4, 9, 14, 20)]
+    np.testing.assert_allclose(values, [0.0, 5e-4, 1e-3, 5e-4, 0.0, 0.0], atol=1e-9)
+    no_warmup = optimizers.learning_rate_schedule(1e-3, decay_steps=10)
+    np.testing.assert_allclose([float(no_warmup(s)) for s in (0, 5, 10)], [1e-3, 5e-4, 0.0],
+                               atol=1e-9)
+    assert isinstance(optimizers.learning_rate_schedule(1e-3, 4), LinearWarmup)
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(
+        make_optimizer("adam", 1e-3, warmup_steps=4, decay_steps=10)))
+    assert float(restored.learning_rate) == pytest.approx(0.0)  # step 0 of the warm-up
+    with pytest.raises(ValueError, match="decay_steps"):
+        make_optimizer("adam", decay_steps=-1)
+
+
 def test_optimizer_options_are_checked():
     with pytest.raises(ValueError, match="Unknown optimizer"):
         make_optimizer("sgd")
