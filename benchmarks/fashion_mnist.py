@@ -115,7 +115,8 @@ def main(argv=None):
         budget = args.max_seconds if args.max_steps is None else args.max_steps
         report({"benchmark": "fashion_mnist", "workload": "W2", **{k: getattr(config, k) for k in (
             "levels", "depth", "hidden_width", "batch_size", "optimizer", "lr", "clip_norm",
-            "ema", "lr_decay_steps", "mixed_precision")}, "zero_log_scale_factor": model.zero_log_scale_factor,
+            "ema", "lr_decay_steps", "mixed_precision")},
+                "zero_log_scale_factor": model.zero_log_scale_factor,
                 "actnorm_bias": model.actnorm_bias_position,
                 "warmup_steps": plan.warmup_steps, "budget": budget, "unit": unit,
                 "params": model.count_params(), "train_images": data.num_train,

@@ -3,8 +3,8 @@
     python benchmarks/gradient_norms.py RUN/model.keras --dataset idx:DIR --steps 200
     python benchmarks/gradient_norms.py RUN/model.keras --lr 1e-3 --optimizer adam
 
-Continues training a saved unconditional model (`model.keras` of a train.py run) with a fresh optimizer
-(no warm-up) for `--steps` steps on the dataset of `keras_flow.data` (`--dataset`, as
+Continues training a saved unconditional model (`model.keras` of a train.py run) with a fresh
+optimizer (no warm-up) for `--steps` steps on the dataset of `keras_flow.data` (`--dataset`, as
 train.py), and prints one JSON line per `--every` steps (and for every step whose loss
 exceeds `--report-above`): the step, the batch loss, the global gradient norm and the
 `--top` weights with the largest gradient norms; a last line gives the median, 90th

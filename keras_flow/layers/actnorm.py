@@ -124,8 +124,9 @@ class Actnorm(FlowLayer):
 
     def output_affine(self):
         """`(scale, shift)`, float32 `(channels,)`, with `forward(x) = x * scale + shift`:
-        `scale = exp(s)`, `shift = b * exp(s)` (`b` with the output bias). A convolution followed by this actnorm can fold
-        them into its kernel and bias (see `EdgePaddedConv2D.call`)."""
+        `scale = exp(s)`, `shift = b * exp(s)` (`shift = b` with `bias_position="output"`).
+        A convolution followed by this actnorm can fold them into its kernel and bias (see
+        `EdgePaddedConv2D.call`)."""
         scale = ops.exp(self._scale_log())
         return scale, (self.bias * scale if self.bias_position == "input" else self.bias)
 
