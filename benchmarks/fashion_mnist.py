@@ -57,8 +57,6 @@ def parse_args(argv=None):
                              "(default: off)")
     parser.add_argument("--zero-log-scale-factor", type=float, default=None,
                         help="Glow's zero-conv log-scale multiplier (default: 3, openai/glow)")
-    parser.add_argument("--actnorm-bias", default=None, choices=("input", "output"),
-                        help="Glow's actnorm bias before (input, default) or after the scale")
     parser.add_argument("--ema", type=float, default=0.0,
                         help="Polyak averaging momentum, evaluated weights (default: 0, off)")
     parser.add_argument("--mixed-precision", default="off", choices=("off", "bf16", "fp16"))
@@ -95,7 +93,7 @@ def main(argv=None):
         dataset=f"idx:{args.data_dir}", preset="none", **W2, optimizer=args.optimizer,
         lr=args.lr, warmup=args.warmup, clip_norm=args.clip_norm, validation_fraction=0.0,
         zero_log_scale_factor=args.zero_log_scale_factor, ema=args.ema,
-        lr_decay_steps=args.lr_decay_steps, actnorm_bias=args.actnorm_bias,
+        lr_decay_steps=args.lr_decay_steps,
         mixed_precision=args.mixed_precision, jit=args.jit, seed=args.seed, verbose=0))
 
     def report(line):
@@ -117,7 +115,6 @@ def main(argv=None):
             "levels", "depth", "hidden_width", "batch_size", "optimizer", "lr", "clip_norm",
             "ema", "lr_decay_steps", "mixed_precision")},
                 "zero_log_scale_factor": model.zero_log_scale_factor,
-                "actnorm_bias": model.actnorm_bias_position,
                 "warmup_steps": plan.warmup_steps, "budget": budget, "unit": unit,
                 "params": model.count_params(), "train_images": data.num_train,
                 "test_images": data.num_test, "machine": f"{os.cpu_count()} CPU cores",

@@ -67,7 +67,7 @@ RUN_FILES = ("config.json", "checkpoints", "samples", "tensorboard", "export", "
              "bits_per_dim.png", "samples_T*.png")
 BAD_FILE_MODES = ("skip", "error")
 GLOW_ONLY = ("depth", "permutation", "coupling", "lu", "learn_top", "remat",
-             "zero_log_scale_factor", "actnorm_bias")
+             "zero_log_scale_factor")
 
 
 def _option(default, help, **metadata):
@@ -112,9 +112,6 @@ class TrainConfig:
     zero_log_scale_factor: float = _option(
         None, "Glow: log-scale multiplier of the zero-initialised convolutions (the couplings' "
         "last layer, the learned priors); 1 is steadier under Adam (default: 3, openai/glow's)")
-    actnorm_bias: str = _option(None, "Glow: the steps' actnorm bias before the scale (input, "
-                                "openai/glow's, default) or after it (output)",
-                                choices=("input", "output"))
     conditional: bool = _option(False, "Glow: class-conditional prior (needs labels)")
     classifier_weight: float = _option(0.0, "Glow: weight of the class-prediction loss "
                                        "(openai/glow weight_y; needs --conditional)")
@@ -477,8 +474,7 @@ def build_model(config, data):
         options.update(depth=config.depth, permutation=config.permutation,
                        coupling=config.coupling, lu_decomposed=config.lu,
                        learn_top=config.learn_top, classifier_weight=config.classifier_weight,
-                       remat=config.remat, zero_log_scale_factor=config.zero_log_scale_factor,
-                       actnorm_bias_position=config.actnorm_bias)
+                       remat=config.remat, zero_log_scale_factor=config.zero_log_scale_factor)
         if config.conditional:
             if not data.num_classes:
                 raise ValueError(f"conditional needs labels, and {config.dataset!r} has none.")

@@ -35,23 +35,14 @@ def in_data_dependent_init():
     return getattr(_scope, "active", False)
 
 
-BIAS_POSITIONS = ("input", "output")
-
-
 @keras.saving.register_keras_serializable(package="keras_flow")
 class Actnorm(FlowLayer):
     """Per-channel affine normalisation with data-dependent initialisation.
 
     Forward (data -> latent) and inverse, per channel c, with `s_c = log_scale_factor * v_c`:
 
-        y = (x + b) * exp(s)            x = y * exp(-s) - b        (bias_position="input")
-        y = x * exp(s) + b              x = (y - b) * exp(-s)      (bias_position="output")
+        y = (x + b) * exp(s)            x = y * exp(-s) - b
         log_det = height * width * sum_c s_c      (negated in the inverse)
-
-    The two positions give the same functions; they differ in the units an optimizer steps `b`
-    in. openai/glow's `"input"` moves the input by about `lr` per Adam step whatever the
-    scale; with `"output"` (normflows' ActNorm) the step in input units is `lr * exp(-s)`,
-    smaller where the layer expands its input (e.g. near-constant background pixels).
 
     `v` is the stored weight: the factor (3 in openai/glow) scales its effective learning rate.
     `initialize(x)` sets `b = -mean(x)` and `s = log(scale / (std(x) + epsilon))` over the batch
@@ -61,7 +52,6 @@ class Actnorm(FlowLayer):
 
     Args:
         log_scale_factor: multiplier of the stored log-scale (openai/glow: 3.0).
-        bias_position: `"input"` (openai/glow, default) or `"output"`, see above.
         scale: target standard deviation after initialisation (1.0).
         epsilon: added to the standard deviation during initialisation (1e-6).
 
@@ -75,13 +65,8 @@ class Actnorm(FlowLayer):
     Reference: Kingma & Dhariwal, "Glow", arXiv:1807.03039, section 3.1.
     """
 
-    def __init__(self, log_scale_factor=3.0, scale=1.0, epsilon=1e-6, bias_position="input",
-                 **kwargs):
+    def __init__(self, log_scale_factor=3.0, scale=1.0, epsilon=1e-6, **kwargs):
         super().__init__(**kwargs)
-        if bias_position not in BIAS_POSITIONS:
-            raise ValueError(
-                f"Unknown bias_position {bias_position!r}; choose one of {BIAS_POSITIONS}.")
-        self.bias_position = bias_position
         if log_scale_factor <= 0 or scale <= 0 or epsilon < 0:
             raise ValueError(
                 "Actnorm needs log_scale_factor > 0, scale > 0 and epsilon >= 0; received "
@@ -112,7 +97,7 @@ class Actnorm(FlowLayer):
         mean = ops.mean(x, axis=(0, 1, 2))
         std = ops.sqrt(ops.mean(ops.square(x - mean), axis=(0, 1, 2)))
         log_scale = ops.log(self.scale / (std + self.epsilon))
-        self.bias.assign(-mean if self.bias_position == "input" else -mean * ops.exp(log_scale))
+        self.bias.assign(-mean)
         self.log_scale.assign(log_scale / self.log_scale_factor)
         self.initialized.assign(1.0)
 
@@ -124,26 +109,23 @@ class Actnorm(FlowLayer):
 
     def output_affine(self):
         """`(scale, shift)`, float32 `(channels,)`, with `forward(x) = x * scale + shift`:
-        `scale = exp(s)`, `shift = b * exp(s)` (`shift = b` with `bias_position="output"`).
-        A convolution followed by this actnorm can fold them into its kernel and bias (see
-        `EdgePaddedConv2D.call`)."""
+        `scale = exp(s)`, `shift = b * exp(s)`. A convolution followed by this actnorm can fold
+        them into its kernel and bias (see `EdgePaddedConv2D.call`)."""
         scale = ops.exp(self._scale_log())
-        return scale, (self.bias * scale if self.bias_position == "input" else self.bias)
+        return scale, self.bias * scale
 
     def forward(self, inputs):
         if in_data_dependent_init() and not self.is_initialized:
             self.initialize(inputs)
-        scale, shift = self.output_affine()
-        outputs = ops.cast(inputs, "float32") * scale + shift
+        outputs = (ops.cast(inputs, "float32") + self.bias) * ops.exp(self._scale_log())
         return ops.cast(outputs, inputs.dtype), self._log_det(inputs)
 
     def inverse_call(self, outputs):
-        scale, shift = self.output_affine()
-        inputs = (ops.cast(outputs, "float32") - shift) / scale
+        inputs = ops.cast(outputs, "float32") * ops.exp(-self._scale_log()) - self.bias
         return ops.cast(inputs, outputs.dtype), -self._log_det(outputs)
 
     def get_config(self):
         config = super().get_config()
         config.update(log_scale_factor=self.log_scale_factor, scale=self.scale,
-                      epsilon=self.epsilon, bias_position=self.bias_position)
+                      epsilon=self.epsilon)
         return config

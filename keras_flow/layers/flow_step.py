@@ -50,8 +50,6 @@ class FlowStep(FlowLayer):
         edge_padding: openai/glow's border channel in the coupling network.
         zero_log_scale_factor: log-scale multiplier of the coupling network's zero-initialised
             last convolution (openai/glow: 3).
-        actnorm_bias_position: the actnorm's `bias_position`, `"input"` (openai/glow) or
-            `"output"`.
 
     Call arguments: `inputs` `(batch_size, height, width, channels)`, `inverse`.
     Returns: `(outputs, log_det)`, log-det float32 `(batch_size,)`.
@@ -59,7 +57,7 @@ class FlowStep(FlowLayer):
 
     def __init__(self, hidden_width=512, permutation="conv1x1", coupling="affine",
                  lu_decomposed=True, seed=0, edge_padding=True, zero_log_scale_factor=3.0,
-                 actnorm_bias_position="input", **kwargs):
+                 **kwargs):
         super().__init__(**kwargs)
         self.hidden_width = int(hidden_width)
         self.permutation = permutation
@@ -68,10 +66,9 @@ class FlowStep(FlowLayer):
         self.seed = int(seed)
         self.edge_padding = bool(edge_padding)
         self.zero_log_scale_factor = float(zero_log_scale_factor)
-        self.actnorm_bias_position = actnorm_bias_position
         policy = self.dtype_policy
         self.flows = [
-            Actnorm(bias_position=actnorm_bias_position, name="actnorm", dtype=policy),
+            Actnorm(name="actnorm", dtype=policy),
             make_permutation(permutation, self.lu_decomposed, self.seed, "permutation", policy),
             make_coupling(coupling, self.hidden_width, self.edge_padding,
                           self.zero_log_scale_factor, "coupling", policy),
@@ -102,6 +99,5 @@ class FlowStep(FlowLayer):
         config.update(hidden_width=self.hidden_width, permutation=self.permutation,
                       coupling=self.coupling, lu_decomposed=self.lu_decomposed, seed=self.seed,
                       edge_padding=self.edge_padding,
-                      zero_log_scale_factor=self.zero_log_scale_factor,
-                      actnorm_bias_position=self.actnorm_bias_position)
+                      zero_log_scale_factor=self.zero_log_scale_factor)
         return config

@@ -47,8 +47,6 @@ class Glow(FlowModel):
             couplings (their last layer) and the learned priors, `(conv(x) + b) * exp(f * logs)`;
             openai/glow's 3 (default). A smaller `f` slows the output scales' learning:
             with Adam at 1e-3, 1 avoids the loss spikes that 3 shows (BENCHMARKS.md).
-        actnorm_bias_position: `"input"` (openai/glow's `(x + b) * exp(s)`, default) or
-            `"output"` (`x * exp(s) + b`) for the actnorm of every step (see `Actnorm`).
         image_shape: `(H, W, C)`; when given the model is built at once.
         seed: seeds the shuffles and the 1x1 convolutions (each step its own).
         remat: gradient checkpointing (False). In training, each step of flow keeps only its
@@ -73,8 +71,7 @@ class Glow(FlowModel):
     def __init__(self, levels=3, depth=32, hidden_width=512, permutation="conv1x1",
                  lu_decomposed=True, coupling="affine", learn_top=True, num_classes=0,
                  classifier_weight=0.0, num_bins=256, edge_padding=True, image_shape=None,
-                 seed=0, remat=False, zero_log_scale_factor=3.0, actnorm_bias_position="input",
-                 **kwargs):
+                 seed=0, remat=False, zero_log_scale_factor=3.0, **kwargs):
         super().__init__(num_bins=num_bins, num_classes=num_classes,
                          classifier_weight=classifier_weight, image_shape=image_shape,
                          seed=seed, **kwargs)
@@ -100,13 +97,11 @@ class Glow(FlowModel):
             raise ValueError(f"Glow needs zero_log_scale_factor > 0; got {zero_log_scale_factor}.")
         policy = self.dtype_policy
         zero_factor = dict(zero_log_scale_factor=self.zero_log_scale_factor)
-        self.actnorm_bias_position = actnorm_bias_position
         self.squeezes = [Squeeze(name=f"squeeze_{i}", dtype=policy) for i in range(self.levels)]
         self.steps = [
             [FlowStep(self.hidden_width, permutation, coupling, self.lu_decomposed,
                       seed=self.seed * 100003 + i * 1000 + k, edge_padding=self.edge_padding,
-                      **zero_factor, actnorm_bias_position=actnorm_bias_position,
-                      name=f"step_{i}_{k}", dtype=policy)
+                      **zero_factor, name=f"step_{i}_{k}", dtype=policy)
              for k in range(self.depth)]
             for i in range(self.levels)]
         self.splits = [Split2D(edge_padding=self.edge_padding, **zero_factor,
@@ -198,6 +193,5 @@ class Glow(FlowModel):
                       permutation=self.permutation, lu_decomposed=self.lu_decomposed,
                       coupling=self.coupling, learn_top=self.learn_top,
                       edge_padding=self.edge_padding, remat=self.remat,
-                      zero_log_scale_factor=self.zero_log_scale_factor,
-                      actnorm_bias_position=self.actnorm_bias_position)
+                      zero_log_scale_factor=self.zero_log_scale_factor)
         return config

@@ -1,8 +1,6 @@
-import functools
-
-import keras
 import numpy as np
 import pytest
+import keras
 
 from keras_flow.layers import Actnorm
 from keras_flow.layers import data_dependent_init
@@ -11,16 +9,13 @@ from tests.flow_checks import random_images
 from tests.flow_checks import run_flow_checks
 
 
-@pytest.mark.parametrize("bias_position", ["input", "output"])
-def test_flow_contract(bias_position, tmp_path):
-    run_flow_checks(functools.partial(Actnorm, bias_position=bias_position), (4, 8, 8, 5),
-                    tmp_path)
+def test_flow_contract(tmp_path):
+    run_flow_checks(Actnorm, (4, 8, 8, 5), tmp_path)
 
 
-@pytest.mark.parametrize("bias_position", ["input", "output"])
-def test_initialize_normalises_each_channel(bias_position):
+def test_initialize_normalises_each_channel():
     x = random_images((16, 6, 6, 3), scale=4.0) + np.array([1.0, -3.0, 10.0], "float32")
-    layer = Actnorm(bias_position=bias_position)
+    layer = Actnorm()
     layer.initialize(x)
     y, log_det = layer(x)
     y = keras.ops.convert_to_numpy(y)
@@ -70,7 +65,5 @@ def test_initialize_under_mixed_precision_assigns_float32():
 def test_rejects_bad_options_and_shapes():
     with pytest.raises(ValueError, match="log_scale_factor"):
         Actnorm(log_scale_factor=0)
-    with pytest.raises(ValueError, match="bias_position"):
-        Actnorm(bias_position="after")
     with pytest.raises(ValueError, match=r"received shape \(2, 3\)"):
         Actnorm()(np.zeros((2, 3), "float32"))

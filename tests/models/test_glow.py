@@ -136,18 +136,6 @@ def test_zero_log_scale_factor_reaches_every_zero_conv_of_couplings_and_priors()
     with pytest.raises(ValueError, match="zero_log_scale_factor > 0"):
         small_glow(zero_log_scale_factor=0)
 
-
-def test_actnorm_bias_position_reaches_every_step_and_keeps_the_model_exact():
-    model = small_glow(actnorm_bias_position="output")
-    positions = {step.flows[0].bias_position for level in model.steps for step in level}
-    assert positions == {"output"}
-    assert Glow.from_config(model.get_config()).actnorm_bias_position == "output"
-    perturbed = perturbed_model(lambda: small_glow(actnorm_bias_position="output"),
-                                (4, 4, 4, 1), scale=0.05)
-    check_model_round_trip(perturbed, preprocessed_images((4, 4, 4, 1), seed=4))
-    with pytest.raises(ValueError, match="bias_position"):
-        small_glow(actnorm_bias_position="after")
-
 def test_class_conditional_glow_trains_and_samples_with_labels():
     x = preprocessed_images((12, 4, 4, 1), seed=7)
     labels = np.arange(12) % 3
