@@ -37,24 +37,31 @@ class SharedStepScalars:
     fewer, and seconds less graph tracing)."""
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        self.__dict__["_step_scalar_cache"] = {}  # not a tracked attribute
+        # One cache per update of all variables; a plain attribute, not a tracked one.
+        self.__dict__["_step_scalar_cache"] = {}
         try:
             super()._backend_update_step(grads, trainable_variables, learning_rate)
         finally:
-            self.__dict__["_step_scalar_cache"] = {}
+            self.__dict__["_step_scalar_cache"] = None
 
     def step_scalars(self, learning_rate, dtype):
+        """`make_step_scalars(learning_rate, dtype)`, made once per update of all variables
+        (and afresh when `update_step` is called on its own)."""
+        cache = self.__dict__.get("_step_scalar_cache")
+        if cache is None:
+            return self.make_step_scalars(learning_rate, dtype)
+        if dtype not in cache:
+            cache[dtype] = self.make_step_scalars(learning_rate, dtype)
+        return cache[dtype]
+
+    def make_step_scalars(self, learning_rate, dtype):
         """`dict(beta_1, beta_2, beta_1_power, beta_2_power, lr, epsilon)` in `dtype` for
         step `t = iterations + 1`."""
-        cache = self.__dict__.setdefault("_step_scalar_cache", {})
-        if dtype not in cache:
-            step = ops.cast(self.iterations + 1, dtype)
-            beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
-            cache[dtype] = dict(
-                beta_1=beta_1, beta_2=beta_2, beta_1_power=ops.power(beta_1, step),
-                beta_2_power=ops.power(beta_2, step), lr=ops.cast(learning_rate, dtype),
-                epsilon=ops.cast(self.epsilon, dtype))
-        return cache[dtype]
+        step = ops.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
+        return dict(beta_1=beta_1, beta_2=beta_2, beta_1_power=ops.power(beta_1, step),
+                    beta_2_power=ops.power(beta_2, step), lr=ops.cast(learning_rate, dtype),
+                    epsilon=ops.cast(self.epsilon, dtype))
 
 
 @keras.saving.register_keras_serializable(package="keras_flow")
@@ -88,10 +95,16 @@ class GlowAdamax(SharedStepScalars, keras.optimizers.Adamax):
         super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
                          epsilon=epsilon, name=name, **kwargs)
 
+    def make_step_scalars(self, learning_rate, dtype):
+        """The shared scalars plus `adamax_lr = lr * sqrt(1 - b2^t)`."""
+        scalars = super().make_step_scalars(learning_rate, dtype)
+        scalars["adamax_lr"] = scalars["lr"] * ops.sqrt(1 - scalars["beta_2_power"])
+        return scalars
+
     def update_step(self, gradient, variable, learning_rate):
         gradient = ops.cast(gradient, variable.dtype)
         c = self.step_scalars(learning_rate, variable.dtype)
-        lr = c["lr"] * ops.sqrt(1 - c["beta_2_power"])
+        lr = c["adamax_lr"]
         index = self._get_variable_index(variable)
         m, u = self._m[index], self._u[index]
         if fused_kernel_applies(gradient, variable):
