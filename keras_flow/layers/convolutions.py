@@ -24,13 +24,18 @@ def border_indicator(inputs, kernel_size):
     return 1.0 - ops.pad(inside, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
 
 
+def kernel_taps(border, height, width, kernel_size):
+    """The `k * k` shifted `(height, width)` windows of a padded border map, one per tap."""
+    return [border[dy:dy + height, dx:dx + width]
+            for dy in range(kernel_size) for dx in range(kernel_size)]
+
+
 @functools.lru_cache(maxsize=64)
 def static_border_patches(height, width, kernel_size):
     """`border_patches` for a static image size, as a NumPy array (one constant in a graph)."""
     pad = (kernel_size - 1) // 2
     border = np.pad(np.zeros((height, width), "float32"), pad, constant_values=1.0)
-    taps = [border[dy:dy + height, dx:dx + width]
-            for dy in range(kernel_size) for dx in range(kernel_size)]
+    taps = kernel_taps(border, height, width, kernel_size)
     return np.stack(taps, axis=-1).reshape(-1, kernel_size * kernel_size)
 
 
@@ -43,8 +48,7 @@ def border_patches(inputs, kernel_size):
     if isinstance(height, int) and isinstance(width, int):
         return static_border_patches(height, width, kernel_size)
     border = border_indicator(inputs, kernel_size)[0, :, :, 0]
-    taps = [border[dy:dy + height, dx:dx + width]
-            for dy in range(kernel_size) for dx in range(kernel_size)]
+    taps = kernel_taps(border, height, width, kernel_size)
     return ops.reshape(ops.stack(taps, axis=-1), (-1, kernel_size * kernel_size))
 
 
