@@ -323,6 +323,8 @@ def _check_values(config):
             raise ValueError(f"{name} must be a positive integer; got {value!r}.")
     problems = [
         (config.lr <= 0, f"lr must be > 0; got {config.lr}."),
+        (config.lr_decay_steps is not None and config.lr_decay_steps < 0,
+         f"lr_decay_steps must be >= 0 (0: no decay); got {config.lr_decay_steps}."),
         (config.max_seconds is not None and not config.max_seconds > 0,
          f"max_seconds must be > 0; got {config.max_seconds}."),
         (config.checkpoint_every < 0,

@@ -202,6 +202,7 @@ def test_help_documents_every_option(capsys):
     (["--levels", "0"], "levels must be a positive integer"),
     (["--warmup", "soon"], "warmup must be"),
     (["--preset", "imagenet1024"], "Unknown glow preset"),
+    (["--lr-decay-steps", "-1"], "lr_decay_steps must be >= 0"),
 ])
 def test_bad_flags_give_one_line_error_and_exit_2(args, keyword, capsys):
     cli = _load_cli()
