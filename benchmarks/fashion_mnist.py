@@ -13,7 +13,8 @@ Model: W2 of the performance issue (and ../shared/peers): Glow with L=3, K=8, co
 128, affine couplings, LU 1x1 convolutions, learned priors, batch 64. Optimiser: keras_flow's
 defaults (openai/glow's Adamax, lr 1e-3, beta2 = 1 - 1/steps_per_epoch) with a linear warm-up
 (--warmup steps). Actnorm is initialised on 256 training images before the clock starts.
-`--zero-log-scale-factor` and `--ema` set the Glow and optimiser options of the same names.
+`--zero-log-scale-factor`, `--split-prior` and `--ema` set the Glow and optimiser options of
+the same names.
 
 Every --eval-every seconds of training time (from the start of `fit`, graph tracing included;
 the evaluations themselves not counted) the whole test set (fixed noise) is evaluated and one
@@ -57,6 +58,9 @@ def parse_args(argv=None):
                              "(default: off)")
     parser.add_argument("--zero-log-scale-factor", type=float, default=None,
                         help="Glow's zero-conv log-scale multiplier (default: 3, openai/glow)")
+    parser.add_argument("--split-prior", default=None,
+                        choices=("conditional", "unconditional", "standard"),
+                        help="Glow's split prior (default: conditional, openai/glow)")
     parser.add_argument("--ema", type=float, default=0.0,
                         help="Polyak averaging momentum, evaluated weights (default: 0, off)")
     parser.add_argument("--mixed-precision", default="off", choices=("off", "bf16", "fp16"))
@@ -92,7 +96,8 @@ def main(argv=None):
     config = training.resolve_config(training.TrainConfig(
         dataset=f"idx:{args.data_dir}", preset="none", **W2, optimizer=args.optimizer,
         lr=args.lr, warmup=args.warmup, clip_norm=args.clip_norm, validation_fraction=0.0,
-        zero_log_scale_factor=args.zero_log_scale_factor, ema=args.ema,
+        zero_log_scale_factor=args.zero_log_scale_factor, split_prior=args.split_prior,
+        ema=args.ema,
         lr_decay_steps=args.lr_decay_steps,
         mixed_precision=args.mixed_precision, jit=args.jit, seed=args.seed, verbose=0))
 
@@ -115,6 +120,7 @@ def main(argv=None):
             "levels", "depth", "hidden_width", "batch_size", "optimizer", "lr", "clip_norm",
             "ema", "lr_decay_steps", "mixed_precision")},
                 "zero_log_scale_factor": model.zero_log_scale_factor,
+                "split_prior": model.split_prior,
                 "warmup_steps": plan.warmup_steps, "budget": budget, "unit": unit,
                 "params": model.count_params(), "train_images": data.num_train,
                 "test_images": data.num_test, "machine": f"{os.cpu_count()} CPU cores",

@@ -120,8 +120,9 @@ class TimedEvaluation(keras.callbacks.Callback):
     evaluations themselves, so runs of different speeds compare at equal training budgets;
     `unit="steps"` compares at equal numbers of steps instead (robust to a host whose speed
     varies). At each point `report` receives `{"training_seconds", "steps", "train_bits_per_dim"
-    (the epoch's running mean), "test_bits_per_dim", "eval_seconds"}`; training stops after
-    the last point, or at a non-finite loss (reported with `"diverged": True`).
+    (the epoch's running mean), "window_train_bits_per_dim" (the mean over the steps since the
+    previous point), "test_bits_per_dim", "eval_seconds"}`; training stops after the last
+    point, or at a non-finite loss (reported with `"diverged": True`).
 
     Args:
         dataset: held-out `tf.data.Dataset`.
@@ -142,6 +143,11 @@ class TimedEvaluation(keras.callbacks.Callback):
         self.steps = 0
         self._start = None
         self._excluded = 0.0
+        self._running = (0, 0.0)  # (batches, running mean) of the epoch so far
+        self._window = []  # batch bits/dim since the last point
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._running = (0, 0.0)
 
     def training_seconds(self):
         return time.monotonic() - self._start - self._excluded
@@ -155,6 +161,7 @@ class TimedEvaluation(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
+        self._record_batch(logs)
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(loss):
             self._emit({"diverged": True, "loss": float(loss)}, logs)
@@ -170,10 +177,23 @@ class TimedEvaluation(keras.callbacks.Callback):
             if len(self.results) == len(self.points):
                 self.model.stop_training = True
 
+    def _record_batch(self, logs):
+        """Recovers the batch's bits/dim from the running mean Keras logs:
+        `b_n = n m_n - (n - 1) m_(n-1)`."""
+        mean = (logs or {}).get("bits_per_dim")
+        if mean is None:
+            return
+        count, previous = self._running
+        self._window.append((count + 1) * float(mean) - count * previous)
+        self._running = (count + 1, float(mean))
+
     def _emit(self, values, logs):
         train = (logs or {}).get("bits_per_dim")
+        window = float(np.mean(self._window)) if self._window else None
+        self._window = []
         result = {"training_seconds": round(self.training_seconds(), 1), "steps": self.steps,
                   "train_bits_per_dim": None if train is None else round(float(train), 4),
+                  "window_train_bits_per_dim": None if window is None else round(window, 4),
                   **values}
         self.results.append(result)
         self.report(result)

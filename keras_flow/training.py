@@ -47,6 +47,7 @@ from keras_flow.models import GLOW_PRESETS
 from keras_flow.models import REALNVP_PRESETS
 from keras_flow.models import Glow
 from keras_flow.models import RealNVP
+from keras_flow.models.glow import SPLIT_PRIORS
 from keras_flow.optimizers import OPTIMIZERS
 from keras_flow.optimizers import make_optimizer
 
@@ -67,7 +68,7 @@ RUN_FILES = ("config.json", "checkpoints", "samples", "tensorboard", "export", "
              "bits_per_dim.png", "samples_T*.png")
 BAD_FILE_MODES = ("skip", "error")
 GLOW_ONLY = ("depth", "permutation", "coupling", "lu", "learn_top", "remat",
-             "zero_log_scale_factor")
+             "zero_log_scale_factor", "split_prior")
 
 
 def _option(default, help, **metadata):
@@ -112,6 +113,10 @@ class TrainConfig:
     zero_log_scale_factor: float = _option(
         None, "Glow: log-scale multiplier of the zero-initialised convolutions (the couplings' "
         "last layer, the learned priors); 1 is steadier under Adam (default: 3, openai/glow's)")
+    split_prior: str = _option(
+        None, "Glow: prior of the half each level factors out: conditional on the kept half "
+        "(openai/glow), unconditional (learned per channel; learns faster early on), or "
+        "standard N(0, I) (default: conditional)", choices=SPLIT_PRIORS)
     conditional: bool = _option(False, "Glow: class-conditional prior (needs labels)")
     classifier_weight: float = _option(0.0, "Glow: weight of the class-prediction loss "
                                        "(openai/glow weight_y; needs --conditional)")
@@ -476,7 +481,8 @@ def build_model(config, data):
         options.update(depth=config.depth, permutation=config.permutation,
                        coupling=config.coupling, lu_decomposed=config.lu,
                        learn_top=config.learn_top, classifier_weight=config.classifier_weight,
-                       remat=config.remat, zero_log_scale_factor=config.zero_log_scale_factor)
+                       remat=config.remat, zero_log_scale_factor=config.zero_log_scale_factor,
+                       split_prior=config.split_prior)
         if config.conditional:
             if not data.num_classes:
                 raise ValueError(f"conditional needs labels, and {config.dataset!r} has none.")

@@ -152,8 +152,21 @@ def test_timed_evaluation_at_step_points_then_stops():
     assert [r["steps"] for r in reports] == [2, 5] and timed.steps == 5
     assert all(np.isfinite(r["test_bits_per_dim"]) and r["training_seconds"] > 0
                for r in reports)
+    first, second = (r["window_train_bits_per_dim"] for r in reports)
+    assert (2 * first + 3 * second) / 5 == pytest.approx(reports[1]["train_bits_per_dim"],
+                                                         abs=2e-4)
     with pytest.raises(ValueError, match="unit"):
         TimedEvaluation(None, (1,), print, unit="epochs")
+
+
+def test_timed_evaluation_recovers_each_batch_from_the_running_means():
+    timed = TimedEvaluation(None, (10,), print, unit="steps")
+    batches = [5.0, 3.0, 4.0, 2.0]
+    for epoch_batches in (batches[:3], batches[3:]):  # a new epoch restarts the running mean
+        timed.on_epoch_begin(0)
+        for n in range(1, len(epoch_batches) + 1):
+            timed._record_batch({"bits_per_dim": np.mean(epoch_batches[:n])})
+    np.testing.assert_allclose(timed._window, batches)
 
 
 # --- configuration -------------------------------------------------------------------------

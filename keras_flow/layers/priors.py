@@ -69,11 +69,15 @@ class Split2D(FlowLayer):
 
     The conv starts at zero, so the prior starts as N(0, I). `eps` is exposed so the split is
     exactly invertible; `inverse` also accepts `z1` alone and then draws
-    `eps ~ N(0, temperature^2 I)` (optionally with `seed`). With `learned=False` the factored
-    half is scored under N(0, I) (RealNVP) and `eps = z2`.
+    `eps ~ N(0, temperature^2 I)` (optionally with `seed`). With `conditional=False` the conv
+    sees zeros instead of `z1` (as the learned top prior does): a learned Gaussian per channel
+    (and, with edge padding, at the border) that does not depend on `z1`, like normflows'
+    `GlowBase`. With `learned=False` the factored half is scored under N(0, I) (RealNVP) and
+    `eps = z2`.
 
     Args:
-        learned: learn the conditional prior (openai/glow) or use N(0, I) (RealNVP).
+        learned: learn the prior (openai/glow) or use N(0, I) (RealNVP).
+        conditional: condition the learned prior on `z1` (openai/glow, default) or not.
         edge_padding: openai/glow's border channel in the prior's 3x3 conv.
         zero_log_scale_factor: log-scale multiplier of the prior's zero-initialised conv
             (openai/glow: 3).
@@ -85,9 +89,11 @@ class Split2D(FlowLayer):
     Returns: forward `((z1, eps), log_det)`, inverse `(z, log_det)`.
     """
 
-    def __init__(self, learned=True, edge_padding=True, zero_log_scale_factor=3.0, **kwargs):
+    def __init__(self, learned=True, conditional=True, edge_padding=True,
+                 zero_log_scale_factor=3.0, **kwargs):
         super().__init__(**kwargs)
         self.learned = bool(learned)
+        self.conditional = bool(conditional)
         self.edge_padding = bool(edge_padding)
         self.zero_log_scale_factor = float(zero_log_scale_factor)
 
@@ -110,8 +116,10 @@ class Split2D(FlowLayer):
         if not self.learned:
             shape = ops.shape(kept)[:-1] + (self.factored_channels,)
             return ops.zeros(shape, "float32"), ops.zeros(shape, "float32")
-        h = self.prior(kept)
-        return deinterleave_channels(h)
+        if not self.conditional:
+            shape = ops.shape(kept)
+            kept = ops.zeros((1, shape[1], shape[2], self.kept_channels), dtype=kept.dtype)
+        return deinterleave_channels(self.prior(kept))
 
     def forward(self, inputs):
         kept, factored = split_channels(inputs, self.kept_channels)
@@ -141,7 +149,8 @@ class Split2D(FlowLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(learned=self.learned, edge_padding=self.edge_padding,
+        config.update(learned=self.learned, conditional=self.conditional,
+                      edge_padding=self.edge_padding,
                       zero_log_scale_factor=self.zero_log_scale_factor)
         return config
 

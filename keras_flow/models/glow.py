@@ -14,6 +14,8 @@ from keras_flow.models.flow_model import image_input_shape
 from keras_flow.models.presets import GLOW_PRESETS
 from keras_flow.models.presets import preset_config
 
+SPLIT_PRIORS = ("conditional", "unconditional", "standard")
+
 
 @keras.saving.register_keras_serializable(package="keras_flow")
 class Glow(FlowModel):
@@ -23,7 +25,7 @@ class Glow(FlowModel):
         for level in 1..L:
             z = squeeze(z)                               (H, W, C) -> (H/2, W/2, 4C)
             z = step_K(...step_1(z))                     actnorm -> permutation -> coupling
-            if level < L: z, eps_level = split(z)        learned conditional prior
+            if level < L: z, eps_level = split(z)        learned prior, conditional on z
         eps_top = top_prior(z)                           learned (and class-conditional)
 
     The latents: `eps_1 .. eps_{L-1}` of shape `(H/2^l, W/2^l, 2^l C)` and the top one of shape
@@ -39,6 +41,11 @@ class Glow(FlowModel):
         lu_decomposed: LU-parameterised 1x1 convolution (True; False is openai/glow's plain W).
         coupling: `"affine"` (default) or `"additive"`.
         learn_top: learn the top prior (True).
+        split_prior: the prior of the half each level factors out: `"conditional"` (default,
+            openai/glow: mean and log-std from the kept half by a zero-initialised conv),
+            `"unconditional"` (a learned Gaussian per channel, like normflows' GlowBase: on
+            Fashion-MNIST it learns faster in the first few thousand steps, BENCHMARKS.md) or
+            `"standard"` (N(0, I), as RealNVP).
         num_classes: > 0 for a class-conditional top prior (openai/glow `ycond`).
         classifier_weight: weight of the class-prediction loss (openai/glow `weight_y`).
         num_bins: quantisation levels of the data (256 for 8 bits; 32 for 5 bits).
@@ -71,7 +78,8 @@ class Glow(FlowModel):
     def __init__(self, levels=3, depth=32, hidden_width=512, permutation="conv1x1",
                  lu_decomposed=True, coupling="affine", learn_top=True, num_classes=0,
                  classifier_weight=0.0, num_bins=256, edge_padding=True, image_shape=None,
-                 seed=0, remat=False, zero_log_scale_factor=3.0, **kwargs):
+                 seed=0, remat=False, zero_log_scale_factor=3.0, split_prior="conditional",
+                 **kwargs):
         super().__init__(num_bins=num_bins, num_classes=num_classes,
                          classifier_weight=classifier_weight, image_shape=image_shape,
                          seed=seed, **kwargs)
@@ -83,6 +91,9 @@ class Glow(FlowModel):
             raise ValueError(f"Unknown permutation {permutation!r}; choose one of {PERMUTATIONS}.")
         if coupling not in COUPLINGS:
             raise ValueError(f"Unknown coupling {coupling!r}; choose one of {COUPLINGS}.")
+        if split_prior not in SPLIT_PRIORS:
+            raise ValueError(
+                f"Unknown split_prior {split_prior!r}; choose one of {SPLIT_PRIORS}.")
         self.levels = int(levels)
         self.depth = int(depth)
         self.hidden_width = int(hidden_width)
@@ -92,6 +103,7 @@ class Glow(FlowModel):
         self.learn_top = bool(learn_top)
         self.edge_padding = bool(edge_padding)
         self.remat = bool(remat)
+        self.split_prior = split_prior
         self.zero_log_scale_factor = float(zero_log_scale_factor)
         if not self.zero_log_scale_factor > 0:
             raise ValueError(f"Glow needs zero_log_scale_factor > 0; got {zero_log_scale_factor}.")
@@ -104,7 +116,9 @@ class Glow(FlowModel):
                       **zero_factor, name=f"step_{i}_{k}", dtype=policy)
              for k in range(self.depth)]
             for i in range(self.levels)]
-        self.splits = [Split2D(edge_padding=self.edge_padding, **zero_factor,
+        self.splits = [Split2D(learned=split_prior != "standard",
+                               conditional=split_prior == "conditional",
+                               edge_padding=self.edge_padding, **zero_factor,
                                name=f"split_{i}", dtype=policy)
                        for i in range(self.levels - 1)]
         self.top_prior = TopPrior(self.learn_top, self.num_classes, self.edge_padding,
@@ -193,5 +207,6 @@ class Glow(FlowModel):
                       permutation=self.permutation, lu_decomposed=self.lu_decomposed,
                       coupling=self.coupling, learn_top=self.learn_top,
                       edge_padding=self.edge_padding, remat=self.remat,
-                      zero_log_scale_factor=self.zero_log_scale_factor)
+                      zero_log_scale_factor=self.zero_log_scale_factor,
+                      split_prior=self.split_prior)
         return config

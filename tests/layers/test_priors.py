@@ -14,6 +14,30 @@ def test_split_contract(tmp_path):
     run_flow_checks(Split2D, (4, 8, 8, 6), tmp_path, perturb_scale=0.1, output_dtype=None)
 
 
+def test_unconditional_split_contract(tmp_path):
+    run_flow_checks(lambda **kw: Split2D(conditional=False, **kw), (4, 8, 8, 6), tmp_path,
+                    perturb_scale=0.1, output_dtype=None)
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_only_the_conditional_split_prior_depends_on_the_kept_half(conditional):
+    x = random_images((2, 4, 4, 4))
+    other = x.copy()
+    other[..., :2] = random_images((2, 4, 4, 2), seed=9)  # new kept half, same factored half
+    layer = Split2D(conditional=conditional)
+    layer(x)
+    perturb_weights(layer, scale=0.2)
+    (_, eps), log_det = layer(x)
+    (_, other_eps), other_log_det = layer(other)
+    eps_change = np.max(np.abs(keras.ops.convert_to_numpy(eps - other_eps)))
+    log_det_change = np.max(np.abs(keras.ops.convert_to_numpy(log_det - other_log_det)))
+    if conditional:
+        assert eps_change > 1e-3 and log_det_change > 1e-3
+    else:
+        assert eps_change == 0.0 and log_det_change == 0.0
+        assert np.ptp(keras.ops.convert_to_numpy(log_det)) == 0.0  # the same for every image
+
+
 def test_unlearned_split_contract(tmp_path):
     run_flow_checks(lambda **kw: Split2D(learned=False, **kw), (4, 8, 8, 5), tmp_path)
 

@@ -136,6 +136,22 @@ def test_zero_log_scale_factor_reaches_every_zero_conv_of_couplings_and_priors()
     with pytest.raises(ValueError, match="zero_log_scale_factor > 0"):
         small_glow(zero_log_scale_factor=0)
 
+@pytest.mark.parametrize("split_prior", ["unconditional", "standard"])
+def test_split_prior_options_are_exact_flows_that_train(split_prior):
+    model = small_perturbed_glow(split_prior=split_prior)
+    split = model.splits[0]
+    assert (split.learned, split.conditional) == {
+        "unconditional": (True, False), "standard": (False, False)}[split_prior]
+    x = preprocessed_images((4, 4, 4, 1), seed=3)
+    check_model_round_trip(model, x[:2], atol=1e-5)
+    check_gradients(model, x, allow_zero=DEAD_WEIGHTS + ("split_0/prior/kernel",))
+    clone = Glow.from_config(model.get_config())
+    assert clone.split_prior == split_prior
+    assert small_glow().split_prior == "conditional"  # openai/glow's
+    with pytest.raises(ValueError, match="Unknown split_prior 'channel'"):
+        small_glow(split_prior="channel")
+
+
 def test_class_conditional_glow_trains_and_samples_with_labels():
     x = preprocessed_images((12, 4, 4, 1), seed=7)
     labels = np.arange(12) % 3
