@@ -169,13 +169,23 @@ class TimedEvaluation(keras.callbacks.Callback):
         elif len(self.results) < len(self.points) and (
                 self.progress() >= self.points[len(self.results)]):
             evaluated = time.monotonic()
-            with ema_weights(self.model):
-                test = evaluate_bits_per_dim(self.model, self.dataset)
+            test = self._evaluate()
             self._excluded += time.monotonic() - evaluated
             self._emit({"test_bits_per_dim": round(test, 4),
                         "eval_seconds": round(time.monotonic() - evaluated, 1)}, logs)
             if len(self.results) == len(self.points):
                 self.model.stop_training = True
+
+    def _evaluate(self):
+        """Test bits/dim (EMA weights if kept). `evaluate` resets and refills the metrics that
+        `fit` shares with it, so their training state is saved and put back: the running
+        means of the following steps stay means over training batches only."""
+        saved = [(v, ops.convert_to_numpy(v)) for v in self.model.metrics_variables]
+        with ema_weights(self.model):
+            test = evaluate_bits_per_dim(self.model, self.dataset)
+        for variable, value in saved:
+            variable.assign(value)
+        return test
 
     def _record_batch(self, logs):
         """Recovers the batch's bits/dim from the running mean Keras logs:
