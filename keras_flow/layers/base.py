@@ -7,14 +7,21 @@ Glow); *inverse* maps latent -> data (sampling). Every flow layer's
 
 returns `log_det`, a float32 tensor of shape `(batch_size,)` equal to
 `log |det d outputs / d inputs|` for the direction computed, so the forward and the inverse
-log-dets of one example sum to zero. Outputs are in the layer's compute dtype (the latents that
-priors standardise are float32, see `priors.py`); log-dets are always float32.
+log-dets of one example sum to zero.
+
+Dtypes: the flow path is float32 under every policy. A flow layer casts its inputs to float32
+and returns float32 outputs and log-dets; under a mixed policy (`mixed_bfloat16`,
+`mixed_float16`) only the networks inside it (the couplings' conditioners, the priors'
+convolutions) compute in the low-precision dtype, and their outputs are cast back before they
+touch the flow path. So a mixed-precision model sees its data unrounded, and its inverse is
+exact to float32 round-off, as in float32.
 """
 
 import keras
 from keras import ops
 
 LOG_DET_DTYPE = "float32"
+FLOW_DTYPE = "float32"
 
 
 class FlowLayer(keras.layers.Layer):
@@ -25,6 +32,11 @@ class FlowLayer(keras.layers.Layer):
     `layer.inverse(z)`, which is a thin `self(z, inverse=True)` so that Keras's autocasting and
     name scopes apply in both directions.
     """
+
+    @property
+    def input_dtype(self):
+        """Keras casts a layer's floating inputs to this dtype: float32, whatever the policy."""
+        return FLOW_DTYPE
 
     def call(self, inputs, inverse=False, **kwargs):
         if inverse:
@@ -44,7 +56,7 @@ class FlowLayer(keras.layers.Layer):
     def compute_output_spec(self, inputs, inverse=False, **kwargs):
         # Shape-preserving by default; layers that change shape override this.
         batch = inputs.shape[0]
-        return (keras.KerasTensor(inputs.shape, dtype=self.compute_dtype),
+        return (keras.KerasTensor(inputs.shape, dtype=FLOW_DTYPE),
                 keras.KerasTensor((batch,), dtype=LOG_DET_DTYPE))
 
 

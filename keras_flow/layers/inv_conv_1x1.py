@@ -67,7 +67,7 @@ class InvConv1x1(FlowLayer):
     Both start from the same random rotation (Q of the QR of a seeded normal matrix). `W` and
     `W^-1` are built, and the channel mixing computed, in float32 whatever the policy (so
     under mixed precision the map is the `W` whose log-determinant is reported); only the
-    outputs are cast to the compute dtype.
+    outputs are cast to the input's dtype (float32 on the flow path).
 
     Args:
         lu_decomposed: LU parameterisation (True) or plain W (False).

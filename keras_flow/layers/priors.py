@@ -13,6 +13,7 @@ import math
 import keras
 from keras import ops
 
+from keras_flow.layers.base import FLOW_DTYPE
 from keras_flow.layers.base import LOG_DET_DTYPE
 from keras_flow.layers.base import FlowLayer
 from keras_flow.layers.base import deinterleave_channels
@@ -140,10 +141,10 @@ class Split2D(FlowLayer):
         if inverse:
             kept = inputs[0] if isinstance(inputs, (tuple, list)) else inputs
             b, h, w, c = kept.shape
-            return (keras.KerasTensor((b, h, w, c + self.factored_channels), self.compute_dtype),
+            return (keras.KerasTensor((b, h, w, c + self.factored_channels), FLOW_DTYPE),
                     keras.KerasTensor((b,), LOG_DET_DTYPE))
         b, h, w, c = inputs.shape
-        kept = keras.KerasTensor((b, h, w, c - c // 2), self.compute_dtype)
+        kept = keras.KerasTensor((b, h, w, c - c // 2), FLOW_DTYPE)
         eps = keras.KerasTensor((b, h, w, c // 2), LOG_DET_DTYPE)
         return (kept, eps), keras.KerasTensor((b,), LOG_DET_DTYPE)
 
@@ -222,15 +223,13 @@ class TopPrior(FlowLayer):
         return standardize(inputs, mean, log_std)
 
     def inverse_call(self, outputs, labels=None):
-        dtype = self.compute_dtype
-        mean, log_std = self._mean_and_log_std(ops.cast(outputs, dtype), labels)
+        mean, log_std = self._mean_and_log_std(outputs, labels)
         if mean is None:
-            return ops.cast(outputs, dtype), zero_log_det(outputs)
-        return destandardize(outputs, mean, log_std, dtype)
+            return ops.cast(outputs, FLOW_DTYPE), zero_log_det(outputs)
+        return destandardize(outputs, mean, log_std, FLOW_DTYPE)
 
     def compute_output_spec(self, inputs, inverse=False, **kwargs):
-        dtype = self.compute_dtype if inverse else LOG_DET_DTYPE
-        return (keras.KerasTensor(inputs.shape, dtype),
+        return (keras.KerasTensor(inputs.shape, FLOW_DTYPE),
                 keras.KerasTensor((inputs.shape[0],), LOG_DET_DTYPE))
 
     def get_config(self):

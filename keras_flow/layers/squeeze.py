@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_flow.layers.base import FLOW_DTYPE
 from keras_flow.layers.base import LOG_DET_DTYPE
 from keras_flow.layers.base import FlowLayer
 from keras_flow.layers.base import require_rank4
@@ -59,5 +60,5 @@ class Squeeze(FlowLayer):
             shape = (b, None if h is None else h * 2, None if w is None else w * 2, c // 4)
         else:
             shape = (b, None if h is None else h // 2, None if w is None else w // 2, c * 4)
-        return (keras.KerasTensor(shape, dtype=self.compute_dtype),
+        return (keras.KerasTensor(shape, dtype=FLOW_DTYPE),
                 keras.KerasTensor((b,), dtype=LOG_DET_DTYPE))

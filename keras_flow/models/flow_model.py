@@ -10,6 +10,7 @@ from keras import ops
 
 from keras_flow.layers.actnorm import Actnorm
 from keras_flow.layers.actnorm import data_dependent_init
+from keras_flow.layers.base import FLOW_DTYPE
 from keras_flow.layers.convolutions import ZeroConv2D
 from keras_flow.layers.priors import check_labels
 from keras_flow.layers.priors import standard_normal_log_prob
@@ -88,6 +89,12 @@ class FlowModel(keras.Model):
     Inputs are preprocessed images in [-0.5, 0.5) (see `keras_flow.preprocessing`), or a dict
     `{"image": ..., "label": int}` for a class-conditional model.
     """
+
+    @property
+    def input_dtype(self):
+        """Images enter the flow path unrounded: float32 under every policy (see
+        `keras_flow.layers.base`)."""
+        return FLOW_DTYPE
 
     def __init__(self, num_bins=256, num_classes=0, classifier_weight=0.0, image_shape=None,
                  seed=0, **kwargs):
@@ -282,7 +289,7 @@ class FlowModel(keras.Model):
         self.check_inputs(images, labels)
         check_preprocessed(images, "initialisation images")
         with data_dependent_init():
-            self.encode_with_top(ops.cast(images, self.compute_dtype), labels, training=False)
+            self.encode_with_top(ops.cast(images, FLOW_DTYPE), labels, training=False)
 
     def uninitialized_actnorms(self):
         """Names of the actnorms not yet initialised from data (by `initialize` or a reload)."""

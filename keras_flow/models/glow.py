@@ -184,7 +184,7 @@ class Glow(FlowModel):
             eps_list: one latent per level, shapes `self.latent_shapes` with a batch axis.
             labels: int `(batch_size,)` for a class-conditional model.
 
-        Returns: images `(batch_size, H, W, C)` in the compute dtype.
+        Returns: float32 images `(batch_size, H, W, C)`, whatever the policy.
         """
         self.check_built()
         if len(eps_list) != self.levels:

@@ -7,8 +7,7 @@ from tests.flow_checks import run_flow_checks
 
 
 def test_flow_contract(tmp_path):
-    run_flow_checks(LogitTransform, (4, 8, 8, 3), tmp_path, make_inputs=preprocessed_images,
-                    mixed_atol=(0.01, 0.002))
+    run_flow_checks(LogitTransform, (4, 8, 8, 3), tmp_path, make_inputs=preprocessed_images)
 
 
 def test_alpha_is_validated():

@@ -8,12 +8,11 @@ from tests.flow_checks import run_flow_checks
 
 
 def test_reverse_contract(tmp_path):
-    run_flow_checks(Reverse, (4, 8, 8, 5), tmp_path, mixed_atol=(0.0, 0.0))
+    run_flow_checks(Reverse, (4, 8, 8, 5), tmp_path)
 
 
 def test_shuffle_contract(tmp_path):
-    run_flow_checks(lambda **kw: Shuffle(seed=7, **kw), (4, 8, 8, 5), tmp_path,
-                    mixed_atol=(0.0, 0.0))
+    run_flow_checks(lambda **kw: Shuffle(seed=7, **kw), (4, 8, 8, 5), tmp_path)
 
 
 def test_reverse_reverses():

@@ -11,12 +11,12 @@ from tests.flow_checks import run_flow_checks
 
 
 def test_split_contract(tmp_path):
-    run_flow_checks(Split2D, (4, 8, 8, 6), tmp_path, perturb_scale=0.1, output_dtype=None)
+    run_flow_checks(Split2D, (4, 8, 8, 6), tmp_path, perturb_scale=0.1)
 
 
 def test_unconditional_split_contract(tmp_path):
     run_flow_checks(lambda **kw: Split2D(conditional=False, **kw), (4, 8, 8, 6), tmp_path,
-                    perturb_scale=0.1, output_dtype=None)
+                    perturb_scale=0.1)
 
 
 @pytest.mark.parametrize("conditional", [True, False])
@@ -43,7 +43,7 @@ def test_unlearned_split_contract(tmp_path):
 
 
 def test_top_prior_contract(tmp_path):
-    run_flow_checks(TopPrior, (4, 8, 8, 6), tmp_path, perturb_scale=0.1, output_dtype="float32")
+    run_flow_checks(TopPrior, (4, 8, 8, 6), tmp_path, perturb_scale=0.1)
 
 
 def test_conditional_top_prior_depends_on_labels():

@@ -8,7 +8,7 @@ from tests.flow_checks import run_flow_checks
 
 
 def test_flow_contract(tmp_path):
-    run_flow_checks(Squeeze, (4, 8, 8, 3), tmp_path, mixed_atol=(0.0, 0.0))
+    run_flow_checks(Squeeze, (4, 8, 8, 3), tmp_path)
 
 
 def test_channel_order_is_openai_glow():
