@@ -14,8 +14,9 @@ clipping threshold or a smaller rate would touch.
 
 import argparse
 import json
-import os
 import sys
+
+from saved_run import load_model_and_data
 
 
 def parse_args(argv=None):
@@ -37,26 +38,15 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not os.path.isfile(args.model):
-        print(f"error: no model file {args.model!r}; pass the model.keras of a train.py run",
-              file=sys.stderr)
+    loaded = load_model_and_data(args.model, args.dataset, args.batch_size, args.n_bits)
+    if loaded is None:
         return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+    model, data = loaded
     import numpy as np
     import tensorflow as tf
 
-    import keras_flow  # noqa: F401  (registers the layers for loading)
-    from keras_flow import training
     from keras_flow.optimizers import make_optimizer
 
-    model = keras.models.load_model(args.model, compile=False)
-    n_bits = args.n_bits or int(round(np.log2(model.num_bins)))
-    config = training.resolve_config(training.TrainConfig(
-        dataset=args.dataset, preset="none", levels=model.levels, n_bits=n_bits,
-        model="realnvp" if type(model).__name__ == "RealNVP" else "glow",
-        batch_size=args.batch_size, validation_fraction=0.0, verbose=0))
-    data = training.load_data(config)
     optimizer = make_optimizer(args.optimizer, args.lr)
     optimizer.build(model.trainable_variables)
     names = [v.path for v in model.trainable_variables]
