@@ -115,7 +115,7 @@ class TrainConfig:
         "last layer, the learned priors); 1 is steadier under Adam (default: 3, openai/glow's)")
     split_prior: str = _option(
         None, "Glow: prior of the half each level factors out: conditional on the kept half "
-        "(openai/glow), unconditional (learned per channel; learns faster early on), or "
+        "(openai/glow), unconditional (learned per channel, as normflows), or "
         "standard N(0, I) (default: conditional)", choices=SPLIT_PRIORS)
     conditional: bool = _option(False, "Glow: class-conditional prior (needs labels)")
     classifier_weight: float = _option(0.0, "Glow: weight of the class-prediction loss "

@@ -43,8 +43,8 @@ class Glow(FlowModel):
         learn_top: learn the top prior (True).
         split_prior: the prior of the half each level factors out: `"conditional"` (default,
             openai/glow: mean and log-std from the kept half by a zero-initialised conv),
-            `"unconditional"` (a learned Gaussian per channel, like normflows' GlowBase: on
-            Fashion-MNIST it learns faster in the first few thousand steps, BENCHMARKS.md) or
+            `"unconditional"` (a learned Gaussian per channel, like normflows' GlowBase; on
+            Fashion-MNIST no better than the conditional one so far, BENCHMARKS.md) or
             `"standard"` (N(0, I), as RealNVP).
         num_classes: > 0 for a class-conditional top prior (openai/glow `ycond`).
         classifier_weight: weight of the class-prediction loss (openai/glow `weight_y`).
