@@ -143,11 +143,8 @@ class TimedEvaluation(keras.callbacks.Callback):
         self.steps = 0
         self._start = None
         self._excluded = 0.0
-        self._running = (0, 0.0)  # (batches, running mean) of the epoch so far
+        self._previous_mean = 0.0  # the epoch's running mean after the previous batch
         self._window = []  # batch bits/dim since the last point
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._running = (0, 0.0)
 
     def training_seconds(self):
         return time.monotonic() - self._start - self._excluded
@@ -161,7 +158,7 @@ class TimedEvaluation(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
-        self._record_batch(logs)
+        self._record_batch(batch, logs)
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(loss):
             self._emit({"diverged": True, "loss": float(loss)}, logs)
@@ -187,15 +184,14 @@ class TimedEvaluation(keras.callbacks.Callback):
             variable.assign(value)
         return test
 
-    def _record_batch(self, logs):
-        """Recovers the batch's bits/dim from the running mean Keras logs:
-        `b_n = n m_n - (n - 1) m_(n-1)`."""
+    def _record_batch(self, batch, logs):
+        """Recovers the bits/dim of batch `n = batch + 1` of the epoch from the running means
+        Keras logs: `b_n = n m_n - (n - 1) m_(n-1)`."""
         mean = (logs or {}).get("bits_per_dim")
         if mean is None:
             return
-        count, previous = self._running
-        self._window.append((count + 1) * float(mean) - count * previous)
-        self._running = (count + 1, float(mean))
+        self._window.append((batch + 1) * float(mean) - batch * self._previous_mean)
+        self._previous_mean = float(mean)
 
     def _emit(self, values, logs):
         train = (logs or {}).get("bits_per_dim")

@@ -174,9 +174,8 @@ def test_timed_evaluation_recovers_each_batch_from_the_running_means():
     timed = TimedEvaluation(None, (10,), print, unit="steps")
     batches = [5.0, 3.0, 4.0, 2.0]
     for epoch_batches in (batches[:3], batches[3:]):  # a new epoch restarts the running mean
-        timed.on_epoch_begin(0)
         for n in range(1, len(epoch_batches) + 1):
-            timed._record_batch({"bits_per_dim": np.mean(epoch_batches[:n])})
+            timed._record_batch(n - 1, {"bits_per_dim": np.mean(epoch_batches[:n])})
     np.testing.assert_allclose(timed._window, batches)
 
 

@@ -24,7 +24,16 @@ LOG_DET_DTYPE = "float32"
 FLOW_DTYPE = "float32"
 
 
-class FlowLayer(keras.layers.Layer):
+class FloatFlowPath:
+    """Mixin of the flow layers and models: Keras casts their floating inputs to
+    `FLOW_DTYPE` (float32) whatever the dtype policy, so the flow path is never rounded."""
+
+    @property
+    def input_dtype(self):
+        return FLOW_DTYPE
+
+
+class FlowLayer(FloatFlowPath, keras.layers.Layer):
     """Base class of the invertible layers: `call(inputs, inverse=False) -> (outputs, log_det)`.
 
     Subclasses implement `forward(inputs)` and `inverse_call(outputs)`, each returning
@@ -32,11 +41,6 @@ class FlowLayer(keras.layers.Layer):
     `layer.inverse(z)`, which is a thin `self(z, inverse=True)` so that Keras's autocasting and
     name scopes apply in both directions.
     """
-
-    @property
-    def input_dtype(self):
-        """Keras casts a layer's floating inputs to this dtype: float32, whatever the policy."""
-        return FLOW_DTYPE
 
     def call(self, inputs, inverse=False, **kwargs):
         if inverse:

@@ -46,6 +46,13 @@ def destandardize(eps, mean, log_std, dtype):
     return ops.cast(z, dtype), sum_per_example(log_std + ops.zeros_like(z))
 
 
+def zero_image_like(z):
+    """One all-zero image of `z`'s size, channels and dtype: the input of a learned prior that
+    does not look at `z` (its conv then adds only its bias and border term)."""
+    shape = ops.shape(z)
+    return ops.zeros((1, shape[1], shape[2], z.shape[-1]), dtype=z.dtype)
+
+
 def check_labels(num_classes, labels):
     """Raises `ValueError` for labels given to an unconditional prior (`num_classes == 0`), or
     none given to a class-conditional one."""
@@ -117,10 +124,8 @@ class Split2D(FlowLayer):
         if not self.learned:
             shape = ops.shape(kept)[:-1] + (self.factored_channels,)
             return ops.zeros(shape, "float32"), ops.zeros(shape, "float32")
-        if not self.conditional:
-            shape = ops.shape(kept)
-            kept = ops.zeros((1, shape[1], shape[2], self.kept_channels), dtype=kept.dtype)
-        return deinterleave_channels(self.prior(kept))
+        return deinterleave_channels(
+            self.prior(kept if self.conditional else zero_image_like(kept)))
 
     def forward(self, inputs):
         kept, factored = split_channels(inputs, self.kept_channels)
@@ -205,8 +210,7 @@ class TopPrior(FlowLayer):
         check_labels(self.num_classes, labels)
         h = None
         if self.learn_top:
-            shape = ops.shape(z)
-            h = self.top(ops.zeros((1, shape[1], shape[2], self.channels), dtype=z.dtype))
+            h = self.top(zero_image_like(z))
         if self.num_classes:
             onehot = ops.one_hot(ops.cast(ops.reshape(labels, (-1,)), "int32"),
                                  self.num_classes, dtype=z.dtype)

@@ -11,6 +11,7 @@ from keras import ops
 from keras_flow.layers.actnorm import Actnorm
 from keras_flow.layers.actnorm import data_dependent_init
 from keras_flow.layers.base import FLOW_DTYPE
+from keras_flow.layers.base import FloatFlowPath
 from keras_flow.layers.convolutions import ZeroConv2D
 from keras_flow.layers.priors import check_labels
 from keras_flow.layers.priors import standard_normal_log_prob
@@ -72,7 +73,7 @@ class ActnormCheck(keras.callbacks.Callback):
         self.model.check_initialized_for_fit()
 
 
-class FlowModel(keras.Model):
+class FlowModel(FloatFlowPath, keras.Model):
     """Base of the multi-scale flows: exact likelihood in bits/dim, encode/decode, sampling.
 
     A subclass builds its layers and implements `encode_with_top(x, labels, training)` ->
@@ -89,12 +90,6 @@ class FlowModel(keras.Model):
     Inputs are preprocessed images in [-0.5, 0.5) (see `keras_flow.preprocessing`), or a dict
     `{"image": ..., "label": int}` for a class-conditional model.
     """
-
-    @property
-    def input_dtype(self):
-        """Images enter the flow path unrounded: float32 under every policy (see
-        `keras_flow.layers.base`)."""
-        return FLOW_DTYPE
 
     def __init__(self, num_bins=256, num_classes=0, classifier_weight=0.0, image_shape=None,
                  seed=0, **kwargs):
