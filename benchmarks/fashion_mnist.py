@@ -53,9 +53,15 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", default="200",
                         help="linear warm-up, steps or 'Xepochs' (default: 200 steps)")
     parser.add_argument("--clip-norm", type=float, default=None, help="default: off")
+    parser.add_argument("--beta-2", type=float, default=None,
+                        help="the optimizer's second-moment decay (default: adam 0.999, "
+                             "adamax 1 - 1/steps_per_epoch)")
     parser.add_argument("--lr-decay-steps", type=int, default=None,
                         help="cosine decay to 0 over this many steps after the warm-up "
                              "(default: off)")
+    parser.add_argument("--budget-decay", action="store_true",
+                        help="cosine decay of the learning rate to 0 at --max-seconds of "
+                             "training time (needs the time budget, not --max-steps)")
     parser.add_argument("--zero-log-scale-factor", type=float, default=None,
                         help="Glow's zero-conv log-scale multiplier (default: 3, openai/glow)")
     parser.add_argument("--split-prior", default=None,
@@ -84,6 +90,9 @@ def evaluation_points(max_seconds, every):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.budget_decay and args.max_steps is not None:
+        sys.exit("fashion_mnist.py: --budget-decay anneals over --max-seconds; with --max-steps "
+                 "use --lr-decay-steps instead.")
     if not has_data(args.data_dir):
         print(f"SKIP: Fashion-MNIST not found in {args.data_dir}; install Debian's "
               "dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or pass "
@@ -91,14 +100,17 @@ def main(argv=None):
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from keras_flow import training
+    from keras_flow.callbacks import SpendBudget
     from keras_flow.callbacks import TimedEvaluation
 
     config = training.resolve_config(training.TrainConfig(
         dataset=f"idx:{args.data_dir}", preset="none", **W2, optimizer=args.optimizer,
-        lr=args.lr, warmup=args.warmup, clip_norm=args.clip_norm, validation_fraction=0.0,
+        lr=args.lr, warmup=args.warmup, clip_norm=args.clip_norm, beta_2=args.beta_2,
+        validation_fraction=0.0,
         zero_log_scale_factor=args.zero_log_scale_factor, split_prior=args.split_prior,
         ema=args.ema,
-        lr_decay_steps=args.lr_decay_steps,
+        lr_decay_steps=args.lr_decay_steps, budget_decay=args.budget_decay,
+        max_seconds=args.max_seconds if args.budget_decay else None,
         mixed_precision=args.mixed_precision, jit=args.jit, seed=args.seed, verbose=0))
 
     def report(line):
@@ -118,7 +130,7 @@ def main(argv=None):
         budget = args.max_seconds if args.max_steps is None else args.max_steps
         report({"benchmark": "fashion_mnist", "workload": "W2", **{k: getattr(config, k) for k in (
             "levels", "depth", "hidden_width", "batch_size", "optimizer", "lr", "clip_norm",
-            "ema", "lr_decay_steps", "mixed_precision")},
+            "beta_2", "budget_decay", "ema", "lr_decay_steps", "mixed_precision")},
                 "zero_log_scale_factor": model.zero_log_scale_factor,
                 "split_prior": model.split_prior,
                 "warmup_steps": plan.warmup_steps, "budget": budget, "unit": unit,
@@ -127,7 +139,10 @@ def main(argv=None):
                 "platform": platform.platform(), "date": time.strftime("%Y-%m-%d")})
         timed = TimedEvaluation(data.test, evaluation_points(budget, args.eval_every), report,
                                 unit=unit)
-        model.fit(data.train.repeat(), epochs=1, steps_per_epoch=10**9, callbacks=[timed],
+        budget = [SpendBudget(args.max_seconds, timed.training_seconds)] if (
+            args.budget_decay) else []
+        model.fit(data.train.repeat(), epochs=1, steps_per_epoch=10**9,
+                  callbacks=[*budget, timed],
                   verbose=0, shuffle=False)
     finals = [r for r in timed.results if "test_bits_per_dim" in r]
     report({"summary": {int(round(p)): r["test_bits_per_dim"] for p, r in zip(

@@ -101,16 +101,47 @@ class TimeLimit(keras.callbacks.Callback):
         if self.start is None:
             self.start = time.monotonic()
 
+    def elapsed(self):
+        """Seconds since the first `fit` of this process started (0 before it)."""
+        return 0.0 if self.start is None else time.monotonic() - self.start
+
     def on_train_batch_end(self, batch, logs=None):
         if math.isinf(self.max_seconds):
             return
         from keras_flow.distribute import any_worker
 
         # Workers' clocks differ: every worker stops at the step where the first one is due.
-        if any_worker(time.monotonic() - self.start >= self.max_seconds,
+        if any_worker(self.elapsed() >= self.max_seconds,
                       self.model.distribute_strategy):
             self.reached = True
             self.model.stop_training = True
+
+
+class SpendBudget(keras.callbacks.Callback):
+    """Before every step, sets a `BudgetCosineDecay`'s `spent` to `clock() / max_seconds`, so
+    the learning rate anneals to 0 when `max_seconds` of `clock` have passed.
+
+    Args:
+        max_seconds: the time budget.
+        clock: seconds of training so far (e.g. `TimedEvaluation.training_seconds`, or the
+            seconds since `TimeLimit` started).
+    """
+
+    def __init__(self, max_seconds, clock):
+        super().__init__()
+        if not 0 < max_seconds < math.inf:
+            raise ValueError(f"SpendBudget needs a finite max_seconds > 0; got {max_seconds}.")
+        self.max_seconds = float(max_seconds)
+        self.clock = clock
+
+    def on_train_batch_begin(self, batch, logs=None):
+        from keras_flow.optimizers import learning_rate_schedule_of
+
+        schedule = learning_rate_schedule_of(self.model.optimizer)
+        if not hasattr(schedule, "spent"):
+            raise ValueError("SpendBudget needs an optimizer whose learning rate is a "
+                             "BudgetCosineDecay (make_optimizer(..., decay_seconds=True)).")
+        schedule.spent.assign(min(1.0, self.clock() / self.max_seconds))
 
 
 class TimedEvaluation(keras.callbacks.Callback):

@@ -181,21 +181,60 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
         return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
 
 
+@keras.saving.register_keras_serializable(package="keras_flow")
+class BudgetCosineDecay(LinearWarmup):
+    """`LinearWarmup` annealed to 0 over a wall-clock budget instead of a number of steps:
+
+        lr(step) = LinearWarmup(step) * (1 + cos(pi * spent)) / 2
+
+    `spent` is a float32 variable in [0, 1], the share of the budget already used, which
+    `keras_flow.callbacks.SpendBudget` sets before every step from a clock. A run limited to
+    `max_seconds` then reaches a learning rate of 0 when its time is up, whatever the speed of
+    the host (a step-based decay must guess how many steps the budget holds). `spent` is
+    state, not configuration: a reloaded schedule starts at 0.
+    """
+
+    def __init__(self, learning_rate, warmup_steps):
+        super().__init__(learning_rate, warmup_steps)
+        self.spent = keras.Variable(0.0, dtype="float32", trainable=False, name="budget_spent")
+
+    def __call__(self, step):
+        spent = ops.clip(ops.convert_to_tensor(self.spent), 0.0, 1.0)
+        return super().__call__(step) * (0.5 + 0.5 * ops.cos(math.pi * spent))
+
+
+def learning_rate_schedule_of(optimizer):
+    """The `LearningRateSchedule` an optimizer (or the one a `LossScaleOptimizer` wraps) was
+    built with, or None for a constant rate."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    schedule = getattr(optimizer, "_learning_rate", None)
+    return schedule if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule) \
+        else None
+
+
 def glow_beta_2(steps_per_epoch):
     """openai/glow's `beta2 = 1 - 1 / (train_its * polyak_epochs)` with one Polyak epoch."""
     return 1.0 - 1.0 / max(2, int(steps_per_epoch))
 
 
-def learning_rate_schedule(learning_rate, warmup_steps=0, decay_steps=0):
+def learning_rate_schedule(learning_rate, warmup_steps=0, decay_steps=0, budget_decay=False):
     """`LinearWarmup` to `learning_rate`; with `decay_steps > 0`, then a cosine decay to 0 over
     that many steps (Keras's `CosineDecay` with its linear warm-up from 0):
 
         lr(t) = learning_rate * t / warmup_steps                              t < warmup_steps
         lr(t) = learning_rate * (1 + cos(pi * min(t - warmup_steps, decay_steps)
                                          / decay_steps)) / 2                  afterwards
+
+    With `budget_decay`, a `BudgetCosineDecay` instead: the cosine follows the share of a
+    time budget spent (set by `keras_flow.callbacks.SpendBudget`), not the step.
     """
     if decay_steps < 0:
         raise ValueError(f"decay_steps must be >= 0 (0: no decay); got {decay_steps}.")
+    if budget_decay:
+        if decay_steps:
+            raise ValueError("Choose one decay: over steps (decay_steps) or over the time "
+                             "budget (budget_decay), not both.")
+        return BudgetCosineDecay(learning_rate, warmup_steps)
     if not decay_steps:
         return LinearWarmup(learning_rate, warmup_steps)
     if warmup_steps:
@@ -206,7 +245,7 @@ def learning_rate_schedule(learning_rate, warmup_steps=0, decay_steps=0):
 
 
 def make_optimizer(name="adamax", learning_rate=1e-3, warmup_steps=0, steps_per_epoch=None,
-                   clip_norm=None, ema=0.0, decay_steps=0):
+                   clip_norm=None, ema=0.0, decay_steps=0, beta_2=None, budget_decay=False):
     """The training optimiser: `"adamax"` (`GlowAdamax`, openai/glow) or `"adam"` (`FusedAdam`).
 
     Args:
@@ -215,8 +254,14 @@ def make_optimizer(name="adamax", learning_rate=1e-3, warmup_steps=0, steps_per_
         warmup_steps: linear warm-up length in steps (0: none).
         decay_steps: cosine decay to 0 over this many steps after the warm-up (0: constant;
             see `learning_rate_schedule`).
+        budget_decay: cosine decay to 0 over a time budget instead (`BudgetCosineDecay`;
+            training needs the `keras_flow.callbacks.SpendBudget` callback).
         steps_per_epoch: sets Adamax's `beta_2 = 1 - 1/steps_per_epoch` as openai/glow does
             (None: 0.999).
+        beta_2: decay of the second moment (Adam) or of the infinity norm (Adamax), in
+            (0, 1); None: the defaults above (Adam: 0.999). When a weight's gradient grows
+            k-fold, Adam's steps on it grow toward k times their usual size for the order
+            of `1 / (1 - beta_2)` steps; a shorter memory (e.g. 0.99) cuts that short.
         clip_norm: clip the gradients to this global norm (None or 0: no clipping).
         ema: momentum of an exponential moving average of the weights (Polyak averaging,
             Keras's `use_ema`); 0 turns it off. Keras copies the averages into the model at
@@ -229,13 +274,16 @@ def make_optimizer(name="adamax", learning_rate=1e-3, warmup_steps=0, steps_per_
         raise ValueError(f"Unknown optimizer {name!r}; choose one of {OPTIMIZERS}.")
     if not 0.0 <= ema < 1.0:
         raise ValueError(f"ema must be in [0, 1) (0 turns it off, e.g. 0.999); got {ema}.")
+    if beta_2 is not None and not 0.0 < beta_2 < 1.0:
+        raise ValueError(f"beta_2 must be in (0, 1), e.g. 0.999; got {beta_2}.")
     if clip_norm is not None and (clip_norm < 0 or not math.isfinite(clip_norm)):
         raise ValueError(f"clip_norm must be >= 0 (0 or None: no clipping); got {clip_norm}.")
     options = dict(learning_rate=learning_rate_schedule(learning_rate, warmup_steps,
-                                                        decay_steps),
+                                                        decay_steps, budget_decay),
                    global_clipnorm=clip_norm or None, use_ema=ema > 0,
                    ema_momentum=ema if ema > 0 else 0.99)
     if name == "adam":
-        return FusedAdam(**options)
-    beta_2 = 0.999 if steps_per_epoch is None else glow_beta_2(steps_per_epoch)
+        return FusedAdam(beta_2=0.999 if beta_2 is None else beta_2, **options)
+    if beta_2 is None:
+        beta_2 = 0.999 if steps_per_epoch is None else glow_beta_2(steps_per_epoch)
     return GlowAdamax(beta_2=beta_2, **options)

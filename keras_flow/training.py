@@ -128,7 +128,12 @@ class TrainConfig:
                           "(default: preset, else 1epoch; 0: none)")
     lr_decay_steps: int = _option(None, "cosine decay of the learning rate to 0 over this many "
                                   "steps after the warm-up (default: off, constant)")
+    budget_decay: bool = _option(False, "cosine decay of the learning rate to 0 at "
+                                 "--max-seconds of training (the time budget) instead of over "
+                                 "steps; needs --max-seconds")
     clip_norm: float = _option(None, "clip gradients to this global norm (default: off)")
+    beta_2: float = _option(None, "the optimizer's second-moment decay (default: adam 0.999, "
+                            "adamax 1 - 1/steps_per_epoch)")
     ema: float = _option(None, "momentum of an exponential moving average of the weights, "
                          "used for evaluation, samples and the saved model (default: preset, "
                          "else 0: off)")
@@ -330,6 +335,14 @@ def _check_values(config):
         (config.lr <= 0, f"lr must be > 0; got {config.lr}."),
         (config.lr_decay_steps is not None and config.lr_decay_steps < 0,
          f"lr_decay_steps must be >= 0 (0: no decay); got {config.lr_decay_steps}."),
+        (config.beta_2 is not None and not 0 < config.beta_2 < 1,
+         f"beta_2 must be in (0, 1), e.g. 0.99; got {config.beta_2}."),
+        (config.budget_decay and (config.max_seconds is None or config.lr_decay_steps),
+         "budget_decay anneals the learning rate over --max-seconds: give --max-seconds, and "
+         "drop --lr-decay-steps (one decay at a time)."),
+        (config.budget_decay and config.strategy == "multi-worker",
+         "budget_decay follows each process's own clock, which would give the workers "
+         "different learning rates; use --lr-decay-steps with --strategy multi-worker."),
         (config.max_seconds is not None and not config.max_seconds > 0,
          f"max_seconds must be > 0; got {config.max_seconds}."),
         (config.checkpoint_every < 0,
@@ -494,7 +507,8 @@ def compile_model(model, plan):
     config = plan.config
     optimizer = make_optimizer(config.optimizer, config.lr, plan.warmup_steps,
                                plan.steps_per_epoch, config.clip_norm, config.ema,
-                               config.lr_decay_steps or 0)
+                               config.lr_decay_steps or 0, config.beta_2,
+                               config.budget_decay)
     model.compile(optimizer=optimizer, jit_compile=JIT[config.jit])
 
 
@@ -552,8 +566,10 @@ def make_callbacks(model, data, plan, initial_step, interrupt=None):
                                     checkpoint=lambda: _last_checkpoint_note(out))
     stop = [] if interrupt is None else [interrupts.StopOnInterrupt(
         interrupt, checkpoint.save, lambda: _interrupted_message(plan))]
-    callbacks = [counter, time_limit, guard, *stop, checkpoint, held_out, keep_best, samples,
-                 history, tensorboard]
+    budget = [flow_callbacks.SpendBudget(config.max_seconds, time_limit.elapsed)
+              ] if config.budget_decay else []
+    callbacks = [counter, time_limit, *budget, guard, *stop, checkpoint, held_out, keep_best,
+                 samples, history, tensorboard]
     return callbacks, _Fitted(counter, keep_best, time_limit, 0.0)
 
 

@@ -2,9 +2,11 @@
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -133,6 +135,52 @@ def test_optimizer_options_are_checked():
         make_optimizer("sgd")
     with pytest.raises(ValueError, match="ema"):
         make_optimizer("adam", ema=1.5)
+    with pytest.raises(ValueError, match="beta_2"):
+        make_optimizer("adamax", beta_2=0.0)
+
+
+@pytest.mark.parametrize("name, steps_per_epoch, beta_2, expected", [
+    ("adam", None, None, 0.999), ("adam", 50, 0.99, 0.99),
+    ("adamax", 50, None, 1 - 1 / 50), ("adamax", 50, 0.95, 0.95)])
+def test_beta_2_overrides_the_optimizers_default(name, steps_per_epoch, beta_2, expected):
+    optimizer = make_optimizer(name, steps_per_epoch=steps_per_epoch, beta_2=beta_2)
+    assert optimizer.beta_2 == pytest.approx(expected)
+
+
+def test_budget_decay_follows_the_clock_and_reaches_zero_when_time_is_up():
+    """`BudgetCosineDecay` + `SpendBudget`: the traced training step reads the share of the
+    budget that the callback sets, and a spent budget means a learning rate of 0."""
+    import tensorflow as tf
+    from keras_flow import Glow
+    from keras_flow.callbacks import SpendBudget
+    schedule = optimizers.BudgetCosineDecay(1e-3, warmup_steps=2)
+    for spent, expected in ((0.0, 1e-3), (0.5, 5e-4), (1.0, 0.0), (3.0, 0.0)):
+        schedule.spent.assign(spent)
+        assert float(schedule(5)) == pytest.approx(expected, abs=1e-9)
+    assert float(schedule(0)) == 0.0  # spent = 3 is clipped to 1
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(
+        make_optimizer("adam", 1e-3, warmup_steps=2, budget_decay=True)))
+    assert isinstance(optimizers.learning_rate_schedule_of(restored),
+                      optimizers.BudgetCosineDecay)
+    with pytest.raises(ValueError, match="one decay"):
+        make_optimizer("adam", decay_steps=10, budget_decay=True)
+
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 16, size=(32, 4, 4, 1)) / 16.0 - 0.5).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = Glow(levels=1, depth=1, hidden_width=4, num_bins=16, image_shape=(4, 4, 1))
+    model.initialize(x)
+    model.compile(optimizer=make_optimizer("adam", 1e-2, budget_decay=True))
+    seconds = iter([0.0, 5.0, 10.0, 10.0])  # the clock at each step's start; budget 10 s
+    weights = []
+    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: weights.append(
+        np.concatenate([np.ravel(w) for w in model.get_weights()])))
+    model.fit(tf.data.Dataset.from_tensor_slices(x).batch(8), epochs=1, verbose=0,
+              callbacks=[SpendBudget(10.0, lambda: next(seconds)), record], shuffle=False)
+    moved = [float(np.abs(b - a).max()) for a, b in zip(weights, weights[1:])]
+    assert moved[0] > 1e-4 and moved[1] == 0.0 and moved[2] == 0.0
+    with pytest.raises(ValueError, match="max_seconds"):
+        SpendBudget(math.inf, time.monotonic)
 
 
 def test_timed_evaluation_at_step_points_then_stops():
@@ -226,6 +274,8 @@ def test_help_documents_every_option(capsys):
     (["--warmup", "soon"], "warmup must be"),
     (["--preset", "imagenet1024"], "Unknown glow preset"),
     (["--lr-decay-steps", "-1"], "lr_decay_steps must be >= 0"),
+    (["--beta-2", "1"], "beta_2 must be in (0, 1)"),
+    (["--budget-decay"], "give --max-seconds"),
 ])
 def test_bad_flags_give_one_line_error_and_exit_2(args, keyword, capsys):
     cli = _load_cli()
@@ -252,7 +302,8 @@ def test_bad_data_fails_in_a_real_process_without_traceback(tmp_path):
 def test_two_step_run_writes_every_output(tmp_path):
     out = tmp_path / "run"
     result = _run_cli([*TINY, "--steps-per-epoch", "2", "--epochs", "1", "--ema", "0.9",
-                       "--clip-norm", "10", "--out", str(out)])
+                       "--clip-norm", "10", "--max-seconds", "600", "--budget-decay",
+                       "--out", str(out)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Test bits/dim" in result.stdout
     missing = [name for name in OUTPUTS if not (out / name).exists()]
