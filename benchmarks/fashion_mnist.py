@@ -13,8 +13,13 @@ Model: W2 of the performance issue (and ../shared/peers): Glow with L=3, K=8, co
 128, affine couplings, LU 1x1 convolutions, learned priors, batch 64. Optimiser: keras_flow's
 defaults (openai/glow's Adamax, lr 1e-3, beta2 = 1 - 1/steps_per_epoch) with a linear warm-up
 (--warmup steps). Actnorm is initialised on 256 training images before the clock starts.
-`--zero-log-scale-factor`, `--split-prior` and `--ema` set the Glow and optimiser options of
-the same names.
+`--zero-log-scale-factor`, `--split-prior`, `--ema`, `--clip-norm`, `--beta-2`,
+`--lr-decay-steps` and `--budget-decay` set the Glow and optimiser options of the same names
+(`--budget-decay` anneals the learning rate to 0 at --max-seconds of training time, the
+clock of the evaluation points). The best recipe so far (BENCHMARKS.md):
+
+    python benchmarks/fashion_mnist.py --optimizer adam --lr 1.5e-3 --beta-2 0.99 \\
+        --clip-norm 100 --budget-decay --mixed-precision bf16 --zero-log-scale-factor 1
 
 Every --eval-every seconds of training time (from the start of `fit`, graph tracing included;
 the evaluations themselves not counted) the whole test set (fixed noise) is evaluated and one
