@@ -144,11 +144,10 @@ def main(argv=None):
                 "platform": platform.platform(), "date": time.strftime("%Y-%m-%d")})
         timed = TimedEvaluation(data.test, evaluation_points(budget, args.eval_every), report,
                                 unit=unit)
-        budget = [SpendBudget(args.max_seconds, timed.training_seconds)] if (
+        anneal = [SpendBudget(args.max_seconds, timed.training_seconds)] if (
             args.budget_decay) else []
         model.fit(data.train.repeat(), epochs=1, steps_per_epoch=10**9,
-                  callbacks=[*budget, timed],
-                  verbose=0, shuffle=False)
+                  callbacks=[*anneal, timed], verbose=0, shuffle=False)
     finals = [r for r in timed.results if "test_bits_per_dim" in r]
     report({"summary": {int(round(p)): r["test_bits_per_dim"] for p, r in zip(
         timed.points, finals)}, "diverged": any(r.get("diverged") for r in timed.results),

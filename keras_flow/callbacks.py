@@ -140,7 +140,7 @@ class SpendBudget(keras.callbacks.Callback):
         schedule = learning_rate_schedule_of(self.model.optimizer)
         if not hasattr(schedule, "spent"):
             raise ValueError("SpendBudget needs an optimizer whose learning rate is a "
-                             "BudgetCosineDecay (make_optimizer(..., decay_seconds=True)).")
+                             "BudgetCosineDecay (make_optimizer(..., budget_decay=True)).")
         schedule.spent.assign(min(1.0, self.clock() / self.max_seconds))
 
 

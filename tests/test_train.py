@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import keras
@@ -181,6 +182,10 @@ def test_budget_decay_follows_the_clock_and_reaches_zero_when_time_is_up():
     assert moved[0] > 1e-4 and moved[1] == 0.0 and moved[2] == 0.0
     with pytest.raises(ValueError, match="max_seconds"):
         SpendBudget(math.inf, time.monotonic)
+    constant = SpendBudget(10.0, time.monotonic)
+    constant.set_model(types.SimpleNamespace(optimizer=make_optimizer("adam", 1e-3)))
+    with pytest.raises(ValueError, match="budget_decay=True"):
+        constant.on_train_batch_begin(0)
 
 
 def test_timed_evaluation_at_step_points_then_stops():
