@@ -21,6 +21,8 @@ from keras_flow.image_grid import make_grid
 from keras_flow.image_grid import save_png
 from keras_flow.numerics import NonFiniteLossError
 from keras_flow.numerics import all_finite
+from keras_flow.optimizers import learning_rate_schedule_of
+from keras_flow.optimizers import unwrapped
 
 CHECKPOINT_STATE = "state.json"
 CHECKPOINT_PATTERN = "ckpt-*.weights.h5"
@@ -30,7 +32,7 @@ GRID_BORDER = 96  # grey frame around each sample of a grid
 @contextlib.contextmanager
 def ema_weights(model):
     """Swaps the optimizer's moving averages into `model` for the block (no-op without EMA)."""
-    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    optimizer = unwrapped(model.optimizer)
     if not getattr(optimizer, "use_ema", False) or not optimizer.built:
         yield
         return
@@ -133,15 +135,17 @@ class SpendBudget(keras.callbacks.Callback):
             raise ValueError(f"SpendBudget needs a finite max_seconds > 0; got {max_seconds}.")
         self.max_seconds = float(max_seconds)
         self.clock = clock
+        self._spent = None  # the schedule's variable, found once per `fit`
 
-    def on_train_batch_begin(self, batch, logs=None):
-        from keras_flow.optimizers import learning_rate_schedule_of
-
+    def on_train_begin(self, logs=None):
         schedule = learning_rate_schedule_of(self.model.optimizer)
         if not hasattr(schedule, "spent"):
             raise ValueError("SpendBudget needs an optimizer whose learning rate is a "
                              "BudgetCosineDecay (make_optimizer(..., budget_decay=True)).")
-        schedule.spent.assign(min(1.0, self.clock() / self.max_seconds))
+        self._spent = schedule.spent
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._spent.assign(min(1.0, self.clock() / self.max_seconds))
 
 
 class TimedEvaluation(keras.callbacks.Callback):

@@ -203,11 +203,16 @@ class BudgetCosineDecay(LinearWarmup):
         return super().__call__(step) * (0.5 + 0.5 * ops.cos(math.pi * spent))
 
 
+def unwrapped(optimizer):
+    """The optimizer a `LossScaleOptimizer` (mixed_float16) wraps, or `optimizer` itself: the
+    one that holds the learning rate, the slots and the moving averages."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
 def learning_rate_schedule_of(optimizer):
     """The `LearningRateSchedule` an optimizer (or the one a `LossScaleOptimizer` wraps) was
     built with, or None for a constant rate."""
-    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
-    schedule = getattr(optimizer, "_learning_rate", None)
+    schedule = getattr(unwrapped(optimizer), "_learning_rate", None)
     return schedule if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule) \
         else None
 

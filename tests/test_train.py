@@ -185,7 +185,7 @@ def test_budget_decay_follows_the_clock_and_reaches_zero_when_time_is_up():
     constant = SpendBudget(10.0, time.monotonic)
     constant.set_model(types.SimpleNamespace(optimizer=make_optimizer("adam", 1e-3)))
     with pytest.raises(ValueError, match="budget_decay=True"):
-        constant.on_train_batch_begin(0)
+        constant.on_train_begin()
 
 
 def test_timed_evaluation_at_step_points_then_stops():
