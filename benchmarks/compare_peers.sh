@@ -8,7 +8,8 @@
 #   PEERS=normflows WORKLOADS=W1 REPEATS=3 bash benchmarks/compare_peers.sh
 #   PEERS_DIR=/path/to/peers bash benchmarks/compare_peers.sh
 # Env: PEERS (default "normflows tfp"), WORKLOADS ("W1 W2"), REPEATS (1), PRECISIONS
-# ("off bf16"), RESULTS (the JSON-lines file; default /tmp/keras_flow-compare-DATE.jsonl).
+# ("off bf16"), BATCH_SHARDS ("0": throughput.py's --batch-shards values, e.g. "0 1" adds the
+# unsharded run), RESULTS (the JSON-lines file; default /tmp/keras_flow-compare-DATE.jsonl).
 # The peers' run.sh creates its virtual environments on first use (about 6 minutes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ PEERS_DIR="${PEERS_DIR:-$(cd .. && pwd)/shared/peers}"
 WORKLOADS="${WORKLOADS:-W1 W2}"
 REPEATS="${REPEATS:-1}"
 PRECISIONS="${PRECISIONS:-off bf16}"
+BATCH_SHARDS="${BATCH_SHARDS:-0}"
 RESULTS="${RESULTS:-${TMPDIR:-/tmp}/keras_flow-compare-$(date +%Y%m%d-%H%M%S).jsonl}"
 export TF_CPP_MIN_LOG_LEVEL=2 WORKLOADS
 
@@ -33,8 +35,10 @@ for repeat in $(seq "$REPEATS"); do
   fi
   for workload in $WORKLOADS; do
     for precision in $PRECISIONS; do
-      python3 benchmarks/throughput.py --workload "$workload" --mixed-precision "$precision" \
-        $peak_flag | tee -a "$RESULTS"
+      for shards in $BATCH_SHARDS; do
+        python3 benchmarks/throughput.py --workload "$workload" --mixed-precision "$precision" \
+          --batch-shards "$shards" $peak_flag | tee -a "$RESULTS"
+      done
     done
   done
 done

@@ -125,8 +125,10 @@ def main(argv=None):
             with open(args.out, "a") as stream:
                 stream.write(text + "\n")
 
+    cores = training.start_threads(config)
     with training.dtype_policy(config.mixed_precision):
         data = training.load_data(config)
+        config = training.resolve_batch_shards(config, data, cores)
         plan = training.make_plan(config, None, data)
         model = training.build_model(config, data)
         training.compile_model(model, plan)
@@ -135,7 +137,7 @@ def main(argv=None):
         budget = args.max_seconds if args.max_steps is None else args.max_steps
         report({"benchmark": "fashion_mnist", "workload": "W2", **{k: getattr(config, k) for k in (
             "levels", "depth", "hidden_width", "batch_size", "optimizer", "lr", "clip_norm",
-            "beta_2", "budget_decay", "ema", "lr_decay_steps", "mixed_precision")},
+            "beta_2", "budget_decay", "ema", "lr_decay_steps", "mixed_precision", "batch_shards")},
                 "zero_log_scale_factor": model.zero_log_scale_factor,
                 "split_prior": model.split_prior,
                 "warmup_steps": plan.warmup_steps, "budget": budget, "unit": unit,

@@ -48,10 +48,20 @@ def our_config(record):
                 batch_size=config["batch"])
 
 
+def implementation(record):
+    """The peer's name; keras_flow's with its batch shards, when it ran with several."""
+    shards = record.get("batch_shards") or 1
+    return record["peer"] + (f", {shards} batch shards" if shards > 1 else "")
+
+
+def is_ours(peer):
+    return peer.startswith("keras_flow")
+
+
 def group(records):
     groups = {}
     for record in records:
-        key = (record.get("workload") or "custom", record["peer"],
+        key = (record.get("workload") or "custom", implementation(record),
                record.get("policy", "float32"))
         groups.setdefault(key, []).append(record)
     return groups
@@ -66,7 +76,7 @@ def table(records, peak):
     groups = group(records)
     fastest = {}
     for (workload, peer, policy), rows in groups.items():
-        if peer != "keras_flow" and policy == "float32":
+        if not is_ours(peer) and policy == "float32":
             for metric in ("train_img_s", "encode_img_s"):
                 best = fastest.setdefault((workload, metric), (None, 0.0))
                 value = median(r[metric] for r in rows) or 0.0
@@ -97,7 +107,7 @@ def table(records, peak):
 
 def ratio(med, fastest, workload, metric, peer):
     best = fastest.get((workload, metric))
-    if peer != "keras_flow" or not best or not med[metric]:
+    if not is_ours(peer) or not best or not med[metric]:
         return "-"
     return "%.2fx (%s)" % (med[metric] / best[1], best[0])
 

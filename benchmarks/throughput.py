@@ -11,7 +11,9 @@ Prints ONE JSON line with the keys of the peers' runners (`train_img_s`, `encode
 `sample_img_s`, `params`, `peak_rss_mb`), then the configuration, backend, dtype policy, the
 analytic FLOPs per image and each figure as a fraction of the machine's float32 matmul peak.
 
-Method (the peers' one): `--threads` intra-op and inter-op threads (2); for each metric two
+Method (the peers' one): `--threads` threads (2; with batch shards, the default on CPU, one
+intra-op thread per op and `--threads` ops at once, see keras_flow.cpu_threads; with
+`--batch-shards 1`, the peers' setting: `--threads` intra-op and inter-op); for each metric two
 untimed calls (tracing, compilation), one window sized from the second to last about
 `--window-s` seconds, then `--windows` timed windows; the median images/s is reported.
   - train: the model's compiled `train_step` (forward, bits/dim loss, backward, Adam update:
@@ -69,7 +71,13 @@ def parse_args(argv=None):
     p.add_argument("--optimizer", default="adam", choices=("adam", "keras-adam", "adamax"),
                    help="adam: keras_flow's FusedAdam (as train.py); keras-adam: "
                         "keras.optimizers.Adam; adamax: keras_flow's GlowAdamax (default: adam)")
-    p.add_argument("--threads", type=int, default=2, help="intra-op and inter-op threads (2)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="CPU threads (2): with batch shards, TensorFlow's inter-op threads, "
+                        "one intra-op thread each (keras_flow.cpu_threads); without (1), "
+                        "intra-op and inter-op threads, the peers' setting")
+    p.add_argument("--batch-shards", type=int, default=0,
+                   help="Glow(batch_shards=...): 0 = auto, as train.py (TensorFlow on CPU: "
+                        "one per thread while each keeps >= 16384 pixels); 1 = off")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps per timed window (default: sized to --window-s)")
     p.add_argument("--windows", type=int, default=5, help="timed windows; the median counts")
@@ -88,6 +96,8 @@ def parse_args(argv=None):
     for key, value in shape.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.batch_shards < 0:
+        p.error(f"--batch-shards must be >= 0 (0: auto, 1: off); got {args.batch_shards}.")
     if args.backend == "jax" and args.jit == "off":
         p.error("--jit off is not meaningful on the JAX backend: Keras compiles every JAX step "
                 "with XLA (uncompiled it runs op by op). Use --jit auto or on.")
@@ -95,16 +105,28 @@ def parse_args(argv=None):
 
 
 def configure_environment(args):
-    """Backend and thread counts; must run before keras / tensorflow / jax are imported."""
+    """Backend, batch shards and thread counts; must run before keras / tensorflow / jax are
+    imported (TensorFlow: before its runtime starts)."""
     os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    n = str(args.threads)
+    one_per_op = False
+    if args.backend == "tensorflow":
+        from keras_flow import cpu_threads
+
+        one_per_op = args.batch_shards != 1 and not cpu_threads.has_gpu()
+        if not args.batch_shards:
+            args.batch_shards = cpu_threads.auto_batch_shards(
+                args.batch_size, (args.image_size, args.image_size),
+                args.threads if one_per_op else 1)
+    args.batch_shards = args.batch_shards or 1
+    n, intra = str(args.threads), ("1" if one_per_op else str(args.threads))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+                "TF_NUM_INTEROP_THREADS"):
         os.environ[var] = n
+    os.environ["TF_NUM_INTRAOP_THREADS"] = intra
     if args.backend == "tensorflow":
         import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_intra_op_parallelism_threads(int(intra))
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
 
@@ -258,7 +280,7 @@ def build_model(args, policy):
     random.seed(args.seed)  # Keras's unseeded initialisers draw from Python's generator
     model = Glow(levels=args.levels, depth=args.depth, hidden_width=args.hidden_width,
                  permutation=args.permutation, lu_decomposed=args.lu == "on",
-                 coupling=args.coupling, seed=args.seed,
+                 coupling=args.coupling, seed=args.seed, batch_shards=args.batch_shards,
                  image_shape=(args.image_size, args.image_size, args.channels))
     x = (np.random.default_rng(args.seed).random(
         (args.batch_size, args.image_size, args.image_size, args.channels)) - 0.5
@@ -373,6 +395,7 @@ def main(argv=None):
         "jit_compile": jit,
         "optimizer": args.optimizer,
         "threads": args.threads,
+        "batch_shards": args.batch_shards,
         "params_all": count_params(model.weights),
         "forward_gflop_per_img": round(flops["forward"] / 1e9, 4),
         "train_gflop_per_img": round(flops["train"] / 1e9, 4),

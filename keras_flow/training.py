@@ -2,9 +2,11 @@
 
 `train(TrainConfig(...))` is what `python train.py` runs:
 
-1. Resolves the configuration (the preset's defaults under the explicit options), creates the
-   `tf.distribute` strategy and picks the output folder; an unfinished run of the same
-   configuration is resumed (under several workers: from the chief's checkpoints).
+1. Resolves the configuration (the preset's defaults under the explicit options), sets
+   TensorFlow's threads for the batch shards (`keras_flow.cpu_threads`: one per CPU core by
+   default), creates the `tf.distribute` strategy and picks the output folder; an unfinished
+   run of the same configuration is resumed (under several workers: from the chief's
+   checkpoints).
 2. Loads the data (`keras_flow.data.load`), sets the dtype policy, and under the
    `tf.distribute` strategy builds the model, compiles it with openai/glow's Adamax (or Adam)
    behind a linear warm-up, then either restores the last checkpoint or initialises actnorm
@@ -40,6 +42,7 @@ import keras
 import numpy as np
 
 from keras_flow import callbacks as flow_callbacks
+from keras_flow import cpu_threads
 from keras_flow import files
 from keras_flow import interrupts
 from keras_flow import numerics
@@ -59,7 +62,7 @@ STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
 DEFAULTS = dict(n_bits=8, batch_size=64, lr=1e-3, epochs=10, warmup="1epoch", ema=0.0)
 # Options that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("out", "epochs", "max_seconds", "checkpoint_every", "verbose", "overwrite",
-                     "strategy", "cpu_devices", "jit", "remat")
+                     "strategy", "cpu_devices", "jit", "remat", "batch_shards")
 # ...and, when `out` names the folder, these too: to continue a run that diverged.
 RECOVERY_CHANGES = ("lr", "clip_norm")
 # What a run writes in its folder; `overwrite` deletes these, and nothing else.
@@ -163,6 +166,11 @@ class TrainConfig:
     cpu_devices: int = _option(None, "with --strategy mirrored on a machine without GPUs: "
                                "split the CPU into this many logical devices (replicas), for "
                                "testing")
+    batch_shards: int = _option(0, "encode each batch as this many slices side by side, one "
+                                "per CPU core, with TensorFlow running each op on one thread; "
+                                "0: auto, without a GPU and with the default strategy one per "
+                                "core while each keeps >= 16384 pixels (batch * H * W), else 1;"
+                                " 1: off")
     validation_fraction: float = _option(0.1, "fraction of the training data held out to "
                                          "pick the best weights (0: keep the last weights)")
     temperatures: tuple = _option((0.0, 0.5, 0.7, 0.8, 1.0), "sampling temperatures of the "
@@ -201,6 +209,7 @@ def train(config):
     """
     started = time.monotonic()
     config = resolve_config(config)
+    cores = start_threads(config)
     # The strategy comes first: multi-worker collectives must be configured before TF runs ops.
     strategy = start_strategy(config)
     shared, out = output_folders(config, strategy)
@@ -209,6 +218,7 @@ def train(config):
         files.remove_temporaries(folder)
     with dtype_policy(config.mixed_precision):
         data = load_data(config)
+        config = resolve_batch_shards(config, data, cores)
         plan = make_plan(config, out, data)
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
@@ -221,6 +231,28 @@ def train(config):
         _say(config, _start_message(plan, state, strategy.num_replicas_in_sync))
         fitted = fit(model, data, plan, state)
         return finish(model, data, plan, fitted, state, time.monotonic() - started)
+
+
+def start_threads(config):
+    """Sets TensorFlow's threads for `config.batch_shards` (`keras_flow.cpu_threads`) before
+    its runtime starts. Returns the cores that automatic sharding (0) may use: all of them on
+    a CPU-only machine with the default strategy, if the threads could still be set (one per
+    op, one op per core at once); else 1."""
+    if config.batch_shards:
+        return cpu_threads.configure(config.batch_shards)
+    if config.strategy != "default" or cpu_threads.has_gpu():
+        return 1
+    cores = cpu_threads.cpu_cores()
+    return cores if cpu_threads.set_threads(cores) else 1
+
+
+def resolve_batch_shards(config, data, cores):
+    """`config` with automatic batch shards (0) resolved for `data`'s image size and the
+    `cores` that `start_threads` returned (`keras_flow.cpu_threads.auto_batch_shards`)."""
+    if config.batch_shards:
+        return config
+    return dataclasses.replace(config, batch_shards=cpu_threads.auto_batch_shards(
+        config.batch_size, data.image_shape, cores))
 
 
 def start_strategy(config):
@@ -347,6 +379,8 @@ def _check_values(config):
          f"max_seconds must be > 0; got {config.max_seconds}."),
         (config.checkpoint_every < 0,
          f"checkpoint_every must be >= 0 (0: epoch ends only); got {config.checkpoint_every}."),
+        (config.batch_shards < 0,
+         f"batch_shards must be >= 0 (0: auto, 1: off); got {config.batch_shards}."),
         (any(not t >= 0 for t in config.temperatures),
          f"temperatures must be >= 0; got {config.temperatures}."),
         (config.model == "realnvp" and (config.conditional or any(
@@ -484,10 +518,12 @@ def make_plan(config, out, data):
 
 
 def build_model(config, data):
-    """The Glow or RealNVP of `config` for `data`'s image shape (and classes)."""
+    """The Glow or RealNVP of `config` for `data`'s image shape (and classes); unresolved
+    automatic batch shards (0, see `resolve_batch_shards`) build one."""
     model_class, _ = MODELS[config.model]
     options = dict(levels=config.levels, hidden_width=config.hidden_width,
-                   num_bins=2 ** config.n_bits, image_shape=data.image_shape, seed=config.seed)
+                   num_bins=2 ** config.n_bits, image_shape=data.image_shape, seed=config.seed,
+                   batch_shards=config.batch_shards or 1)
     if config.model == "realnvp":
         options["residual_blocks"] = config.residual_blocks
     else:

@@ -49,3 +49,10 @@ def test_fit_with_the_add_loss_objective_under_jax(report, model):
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
     assert history["bits_per_dim"] == pytest.approx(losses, rel=1e-5)
+
+
+def test_batch_shards_under_jax(report):
+    sharded = report["sharded"]
+    assert sharded["max_bits_per_dim_difference"] < 1e-5
+    assert all(math.isfinite(v) for v in sharded["loss"])
+    assert sharded["loss"][-1] < sharded["loss"][0]

@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_flow import optimizers
 from keras_flow import training
@@ -281,6 +282,7 @@ def test_help_documents_every_option(capsys):
     (["--lr-decay-steps", "-1"], "lr_decay_steps must be >= 0"),
     (["--beta-2", "1"], "beta_2 must be in (0, 1)"),
     (["--budget-decay"], "give --max-seconds"),
+    (["--batch-shards", "-1"], "batch_shards must be >= 0"),
 ])
 def test_bad_flags_give_one_line_error_and_exit_2(args, keyword, capsys):
     cli = _load_cli()
@@ -308,7 +310,7 @@ def test_two_step_run_writes_every_output(tmp_path):
     out = tmp_path / "run"
     result = _run_cli([*TINY, "--steps-per-epoch", "2", "--epochs", "1", "--ema", "0.9",
                        "--clip-norm", "10", "--max-seconds", "600", "--budget-decay",
-                       "--out", str(out)])
+                       "--batch-shards", "2", "--out", str(out)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Test bits/dim" in result.stdout
     missing = [name for name in OUTPUTS if not (out / name).exists()]
@@ -322,6 +324,8 @@ def test_two_step_run_writes_every_output(tmp_path):
     assert metrics["seconds"] > 0
     model = keras.models.load_model(out / "model.keras")
     assert model.optimizer.use_ema and model.image_shape == (8, 8, 1)
+    assert model.batch_shards == 2
+    assert json.loads((out / "config.json").read_text())["batch_shards"] == 2
 
 
 @pytest.mark.subprocess
@@ -336,6 +340,18 @@ def test_mirrored_run_on_two_cpu_devices_with_remat(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and 0 < metrics["test_bits_per_dim"] < 16
     assert keras.models.load_model(out / "model.keras").remat
+
+
+def test_automatic_batch_shards_need_threads_that_can_still_be_set():
+    """In this process TensorFlow has started, so auto (0) leaves one shard; with another
+    strategy than the default, auto is one shard too; an explicit count is kept."""
+    tf.constant(0.0)
+    assert training.start_threads(training.TrainConfig(strategy="mirrored")) == 1
+    if (tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads()) != (1, 2):
+        assert training.start_threads(training.TrainConfig()) == 1
+        with pytest.warns(UserWarning, match="threads cannot be set"):
+            assert training.start_threads(training.TrainConfig(batch_shards=2)) == 2
 
 
 def test_cpu_devices_need_the_mirrored_strategy():

@@ -10,6 +10,7 @@ from keras import ops
 
 from keras_flow.layers.actnorm import Actnorm
 from keras_flow.layers.actnorm import data_dependent_init
+from keras_flow.layers.actnorm import in_data_dependent_init
 from keras_flow.layers.base import FLOW_DTYPE
 from keras_flow.layers.base import FloatFlowPath
 from keras_flow.layers.convolutions import ZeroConv2D
@@ -76,8 +77,8 @@ class ActnormCheck(keras.callbacks.Callback):
 class FlowModel(FloatFlowPath, keras.Model):
     """Base of the multi-scale flows: exact likelihood in bits/dim, encode/decode, sampling.
 
-    A subclass builds its layers and implements `encode_with_top(x, labels, training)` ->
-    `(eps_list, log_det, z_top)` and `decode(eps_list, labels)`, and sets `latent_shapes` in
+    A subclass builds its layers and implements `encode_batch(x, labels, training)` ->
+    `(eps_list, log_det, z_top)` and `decode_batch(eps_list, labels)`, and sets `latent_shapes` in
     `build`. This class turns that into:
 
         log p(x) = sum_levels log N(eps; 0, I) + log|det d eps / d x|     (nats per example)
@@ -89,11 +90,26 @@ class FlowModel(FloatFlowPath, keras.Model):
     and `fit(images)` train it; `bits_per_dim` is also a metric of `fit` and `evaluate`.
     Inputs are preprocessed images in [-0.5, 0.5) (see `keras_flow.preprocessing`), or a dict
     `{"image": ..., "label": int}` for a class-conditional model.
+
+    `batch_shards` = n > 1 encodes (and decodes) a batch as n slices of it, each through the
+    whole flow, and concatenates the results: the same function (every output is per example), but n
+    independent branches in the traced graph, which TensorFlow's inter-op threads run on n
+    cores at once. With one intra-op thread per op (`keras_flow.cpu_threads`) that is data
+    parallelism across the CPU's cores inside one step, with one set of weights. It needs a
+    static batch size (a smaller or unknown one runs as one shard, as does the data-dependent
+    initialisation); subclasses whose training uses batch statistics set
+    `shards_in_training = False`.
     """
 
+    shards_in_training = True
+
     def __init__(self, num_bins=256, num_classes=0, classifier_weight=0.0, image_shape=None,
-                 seed=0, **kwargs):
+                 seed=0, batch_shards=1, **kwargs):
         super().__init__(**kwargs)
+        if (isinstance(batch_shards, bool) or not isinstance(batch_shards, numbers.Integral)
+                or batch_shards < 1):
+            raise ValueError(f"batch_shards must be a positive integer (1: no sharding); got "
+                             f"{batch_shards!r}.")
         if int(num_bins) < 2:
             raise ValueError(f"num_bins must be >= 2 (256 for 8-bit data); got {num_bins}.")
         if int(num_classes) < 0 or classifier_weight < 0:
@@ -108,6 +124,7 @@ class FlowModel(FloatFlowPath, keras.Model):
         self.classifier_weight = float(classifier_weight)
         self.image_shape = None if image_shape is None else tuple(int(d) for d in image_shape)
         self.seed = int(seed)
+        self.batch_shards = int(batch_shards)
         self.latent_shapes = None
         self.bits_per_dim_tracker = keras.metrics.Mean(name="bits_per_dim")
         if self.classifier_weight:
@@ -115,10 +132,10 @@ class FlowModel(FloatFlowPath, keras.Model):
                                          name="classifier", dtype=self.dtype_policy)
 
     # --- to be provided by the subclasses -------------------------------------------------
-    def encode_with_top(self, images, labels=None, training=None):  # pragma: no cover
+    def encode_batch(self, images, labels=None, training=None):  # pragma: no cover
         raise NotImplementedError
 
-    def decode(self, eps_list, labels=None):  # pragma: no cover
+    def decode_batch(self, eps_list, labels=None):  # pragma: no cover
         raise NotImplementedError
 
     # --- shapes and validation ---------------------------------------------------------------
@@ -169,6 +186,56 @@ class FlowModel(FloatFlowPath, keras.Model):
         return int(math.prod(self.image_shape))
 
     # --- the likelihood --------------------------------------------------------------------
+    def encode_with_top(self, images, labels=None, training=None):
+        """`encode_batch` of the whole batch, or of its `batch_shards` slices concatenated."""
+        shards = self.map_shards(
+            lambda tensors, shard_labels: self.encode_batch(tensors[0], shard_labels, training),
+            [images], labels, training)
+        if len(shards) == 1:
+            return shards[0]
+        eps_lists, log_dets, tops = zip(*shards)
+        eps_list = [ops.concatenate(level, axis=0) for level in zip(*eps_lists)]
+        return eps_list, ops.concatenate(log_dets, axis=0), ops.concatenate(tops, axis=0)
+
+    def decode(self, eps_list, labels=None):
+        """Standardised latents -> images, the exact inverse of `encode`; `decode_batch` of
+        the whole batch or of its `batch_shards` slices, concatenated.
+
+        Args:
+            eps_list: one latent per level, shapes `self.latent_shapes` with a batch axis.
+            labels: int `(batch_size,)` for a class-conditional model.
+
+        Returns: float32 images `(batch_size, H, W, C)`, whatever the policy.
+        """
+        self.check_built()
+        if len(eps_list) != self.levels:
+            raise ValueError(
+                f"decode needs {self.levels} latents (one per level, shapes "
+                f"{self.latent_shapes}); received {len(eps_list)}. Use encode()'s full list, "
+                "or sample() to draw the missing levels.")
+        shards = self.map_shards(self.decode_batch, list(eps_list), labels)
+        return shards[0] if len(shards) == 1 else ops.concatenate(shards, axis=0)
+
+    def map_shards(self, fn, tensors, labels, training=None):
+        """`[fn(tensors, labels)]`, or `fn` of each shard's slices of `tensors` (same batch
+        axis) and `labels`, where `shard_bounds(tensors[0], training)` cuts the batch."""
+        bounds = self.shard_bounds(tensors[0], training)
+        if len(bounds) <= 2:
+            return [fn(tensors, labels)]
+        return [fn([tensor[start:stop] for tensor in tensors],
+                   None if labels is None else labels[start:stop])
+                for start, stop in zip(bounds[:-1], bounds[1:])]
+
+    def shard_bounds(self, images, training=None):
+        """Batch indices `[0, ..., batch]` of near-equal shards, none empty: `batch_shards`
+        of them where the static batch size allows, else one."""
+        batch = images.shape[0]
+        if (self.batch_shards == 1 or batch is None or in_data_dependent_init()
+                or (training and not self.shards_in_training)):
+            return [0, batch]
+        shards = min(self.batch_shards, int(batch))
+        return [int(batch) * index // shards for index in range(shards + 1)]
+
     def encode(self, images, labels=None):
         """Data -> standardised latents.
 
@@ -335,5 +402,5 @@ class FlowModel(FloatFlowPath, keras.Model):
         config = super().get_config()
         config.update(num_bins=self.num_bins, num_classes=self.num_classes,
                       classifier_weight=self.classifier_weight, image_shape=self.image_shape,
-                      seed=self.seed)
+                      seed=self.seed, batch_shards=self.batch_shards)
         return config

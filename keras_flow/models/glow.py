@@ -63,6 +63,9 @@ class Glow(FlowModel):
             are outputs of the recomputed steps, so the `add_loss` objective keeps its full
             gradient (unlike `keras.RematScope`, which would wrap the model's own `call` and
             cut the objective off from the weights).
+        batch_shards: encode each batch as this many slices side by side (1: no sharding),
+            for CPU training with one shard per core; see `FlowModel` and
+            `keras_flow.cpu_threads`.
 
     Example:
         >>> model = keras_flow.Glow(levels=2, depth=4, hidden_width=64, image_shape=(8, 8, 1))
@@ -155,7 +158,7 @@ class Glow(FlowModel):
         self.latent_shapes = latent_shapes
         self.built = True
 
-    def encode_with_top(self, images, labels=None, training=None):
+    def encode_batch(self, images, labels=None, training=None):
         z, eps_list, log_det = images, [], 0.0
         for level in range(self.levels):
             z, _ = self.squeezes[level](z)
@@ -177,21 +180,7 @@ class Glow(FlowModel):
             return keras.remat(step)(z)
         return step(z)
 
-    def decode(self, eps_list, labels=None):
-        """Standardised latents -> images, the exact inverse of `encode`.
-
-        Args:
-            eps_list: one latent per level, shapes `self.latent_shapes` with a batch axis.
-            labels: int `(batch_size,)` for a class-conditional model.
-
-        Returns: float32 images `(batch_size, H, W, C)`, whatever the policy.
-        """
-        self.check_built()
-        if len(eps_list) != self.levels:
-            raise ValueError(
-                f"decode needs {self.levels} latents (one per level, shapes "
-                f"{self.latent_shapes}); received {len(eps_list)}. Use encode()'s full list, "
-                "or sample() to draw the missing levels.")
+    def decode_batch(self, eps_list, labels=None):
         z, _ = self.top_prior(eps_list[-1], inverse=True, labels=labels)
         for level in reversed(range(self.levels)):
             if level < self.levels - 1:

@@ -39,9 +39,13 @@ class RealNVP(FlowModel):
         hidden_width: feature maps at the first scale (32).
         residual_blocks: residual blocks per s/t network (4).
         num_bins, num_classes, classifier_weight, image_shape, seed: see `FlowModel`.
+        batch_shards: see `FlowModel`; sharded in inference only, since batch normalisation
+            uses the whole batch's statistics in training.
 
     Reference: Dinh et al., "Density estimation using Real NVP", arXiv:1605.08803.
     """
+
+    shards_in_training = False  # batch normalisation needs the whole batch's statistics
 
     def __init__(self, levels=4, hidden_width=32, residual_blocks=4, num_bins=256,
                  image_shape=None, seed=0, **kwargs):
@@ -119,7 +123,7 @@ class RealNVP(FlowModel):
         self.latent_shapes = latent_shapes
         self.built = True
 
-    def encode_with_top(self, images, labels=None, training=None):
+    def encode_batch(self, images, labels=None, training=None):
         z, log_det = self.logit(images)
         eps_list = []
         for scale in self.scales:
@@ -134,13 +138,7 @@ class RealNVP(FlowModel):
         eps_list.append(eps)
         return eps_list, log_det, z
 
-    def decode(self, eps_list, labels=None):
-        """Latents (shapes `self.latent_shapes`) -> images, the exact inverse of `encode`."""
-        self.check_built()
-        if len(eps_list) != self.levels:
-            raise ValueError(
-                f"decode needs {self.levels} latents (shapes {self.latent_shapes}); received "
-                f"{len(eps_list)}.")
+    def decode_batch(self, eps_list, labels=None):
         z, _ = self.top_prior(eps_list[-1], inverse=True, labels=labels)
         for index in reversed(range(self.levels)):
             scale = self.scales[index]
