@@ -5,7 +5,8 @@
 Runs the layer contract checks (round trip, log-dets that cancel, log-det == log|det J| of
 JAX's autodiff Jacobian) for a few layers, and a few `fit` steps of a tiny Glow and RealNVP
 with the `add_loss` objective and keras_flow's optimizers (GlowAdamax, FusedAdam), whose
-backend-neutral update runs there, and a Glow with batch shards; writes a JSON report to OUT.json for the test to check.
+backend-neutral update runs there, and a Glow with batch shards; writes a JSON report to
+OUT.json for the test to check.
 """
 
 import json
