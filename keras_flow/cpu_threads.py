@@ -6,8 +6,8 @@ elementwise passes), and splitting every one of them over the cores costs synchr
 leaves cores idle between ops. `FlowModel(batch_shards=n)` cuts the batch into n slices whose
 ops are independent; with one intra-op thread and n inter-op threads each core then runs one
 shard's ops start to finish, with one set of weights and one optimizer update per step.
-On the project's 2-core machine that trains W2 (BENCHMARKS.md) about 1.2x faster in float32,
-1.4x in bfloat16, and encodes 1.5x faster.
+On the project's 2-core machine that trained W2 (BENCHMARKS.md, medians of two same-run
+repeats) 1.47x faster in float32 and 1.23x in bfloat16, and encoded 1.49x / 1.66x faster.
 
     from keras_flow import cpu_threads
     cpu_threads.configure(2)                      # first thing: 1 thread per op, 2 ops at once
@@ -46,22 +46,23 @@ def auto_batch_shards(batch_size, image_shape, cores):
     return max(1, min(int(cores), pixels // MIN_PIXELS_PER_SHARD))
 
 
-def set_threads(batch_shards):
-    """For `batch_shards` > 1: TensorFlow runs each op on one thread and `batch_shards` ops at
-    once (also the faster setting for a small flow without shards: its ops are too short to
-    split). Returns whether those are the thread counts in effect (False if TensorFlow's
-    runtime had already started with others, which can no longer change)."""
+def set_threads(ops_at_once):
+    """For `ops_at_once` > 1: TensorFlow runs each op on one thread and `ops_at_once` ops at
+    once (one per batch shard; also the faster setting for a small flow without shards: its
+    ops are too short to split). Returns whether those are the thread counts in effect (False
+    if TensorFlow's runtime had already started with others, which can no longer change)."""
     import tensorflow as tf
 
-    if int(batch_shards) <= 1:
+    ops_at_once = int(ops_at_once)
+    if ops_at_once <= 1:
         return True
     threading = tf.config.threading
     try:
         threading.set_intra_op_parallelism_threads(1)
-        threading.set_inter_op_parallelism_threads(int(batch_shards))
+        threading.set_inter_op_parallelism_threads(ops_at_once)
     except RuntimeError:
         return (threading.get_intra_op_parallelism_threads(),
-                threading.get_inter_op_parallelism_threads()) == (1, int(batch_shards))
+                threading.get_inter_op_parallelism_threads()) == (1, ops_at_once)
     return True
 
 

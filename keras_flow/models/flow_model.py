@@ -94,8 +94,9 @@ class FlowModel(FloatFlowPath, keras.Model):
     `batch_shards` = n > 1 encodes (and decodes) a batch as n slices of it, each through the
     whole flow, and concatenates the results: the same function (every output is per
     example), but n independent branches in the traced graph, which TensorFlow's inter-op
-    threads run on n cores at once. With one intra-op thread per op (`keras_flow.cpu_threads`) that is data
-    parallelism across the CPU's cores inside one step, with one set of weights. It needs a
+    threads run on n cores at once. With one intra-op thread per op
+    (`keras_flow.cpu_threads`) that is data parallelism across the CPU's cores inside one
+    step, with one set of weights. It needs a
     static batch size (a smaller or unknown one runs as one shard, as does the data-dependent
     initialisation); subclasses whose training uses batch statistics set
     `shards_in_training = False`. It is saved with the model's config; set the attribute
