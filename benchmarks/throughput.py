@@ -18,7 +18,11 @@ untimed calls (tracing, compilation), one window sized from the second to last a
 `--window-s` seconds, then `--windows` timed windows; the median images/s is reported.
   - train: the model's compiled `train_step` (forward, bits/dim loss, backward, Adam update:
     `--optimizer adam` is keras_flow's `FusedAdam`, train.py's; `keras-adam` is Keras's own)
-    run by `model.fit` on the same in-memory batch repeated, one `fit` call per window;
+    run by `model.fit` on the same in-memory batch repeated. The timed windows are consecutive
+    steps of ONE `fit` call, timed at each step's end by a callback (the peers time a loop of
+    steps the same way): a `fit` call's own setup and teardown, whose Python garbage
+    collection of the traced graph took 0-0.9 s per call here, would otherwise land in some
+    windows and not in others;
   - encode: a compiled `model.bits_per_dim(x)` (= log_prob plus a constant), i.e. x -> z;
   - sample: a compiled `model.decode(noise)` with noise ~ N(0, 0.7^2) drawn per call.
 """
@@ -235,6 +239,45 @@ def bench(fn, images_per_call, windows=5, window_s=2.0, calls=None):
             "calls_per_window": calls, "first_call_s": round(warm[0], 3)}
 
 
+def bench_fit(model, data, images_per_step, windows=5, window_s=2.0, steps=None):
+    """`bench` for training: one untimed `fit` call of 2 steps (tracing), then ONE `fit` call
+    of 2 warm-up steps plus `windows` windows of `steps` steps (sized to ~`window_s` s from the
+    warm-up), each window timed from the end of the step before it to the end of its last
+    step. Returns `bench`'s keys, plus the first and last training loss."""
+    import keras
+
+    class StepClock(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.wall, self.cpu, self.losses = [], [], []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.losses.append(float(logs["loss"]))  # waits for the step (async backends)
+            self.wall.append(time.perf_counter())
+            self.cpu.append(time.process_time())
+
+    t0 = time.perf_counter()
+    first = StepClock()
+    model.fit(data(), epochs=1, steps_per_epoch=2, verbose=0, callbacks=[first])
+    first_call_s = time.perf_counter() - t0
+    if steps is None:
+        steps = max(1, int(round(window_s / max(first.wall[1] - first.wall[0], 1e-6))))
+    warmup = 2
+    clock = StepClock()
+    model.fit(data(), epochs=1, steps_per_epoch=warmup + windows * steps, verbose=0,
+              callbacks=[clock])
+    rates, cpu = [], []
+    for w in range(windows):
+        start, end = warmup - 1 + w * steps, warmup - 1 + (w + 1) * steps
+        rates.append(steps * images_per_step / (clock.wall[end] - clock.wall[start]))
+        cpu.append((clock.cpu[end] - clock.cpu[start]) / (steps * images_per_step))
+    return {"img_s": round(statistics.median(rates), 2),
+            "windows_img_s": [round(r, 2) for r in rates],
+            "cpu_ms_per_img": round(1e3 * statistics.median(cpu), 3),
+            "calls_per_window": steps, "first_call_s": round(first_call_s, 3),
+            "loss_first_last": [round(first.losses[0], 4), round(clock.losses[-1], 4)]}
+
+
 def compiled(fn, model, backend, jit):
     """`fn(*arrays)` compiled for the backend, reading the model's current weights."""
     if backend == "jax":
@@ -339,13 +382,7 @@ def main(argv=None):
     batch = args.batch_size
     jit = bool(model.jit_compile)
     data = training_data(x, args.backend)
-    losses = []
-
-    def train(n):
-        history = model.fit(data(), epochs=1, steps_per_epoch=n, verbose=0, shuffle=False)
-        losses.append(history.history["loss"][-1])
-
-    train_stats = bench(train, batch, args.windows, args.window_s, args.steps)
+    train_stats = bench_fit(model, data, batch, args.windows, args.window_s, args.steps)
     encode_stats = sample_stats = None
     x_tensor = ops.convert_to_tensor(x)
     if not args.no_encode:
@@ -406,7 +443,7 @@ def main(argv=None):
         "train_detail": train_stats,
         "encode_detail": encode_stats,
         "sample_detail": sample_stats,
-        "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
+        "loss_first_last": train_stats["loss_first_last"],
         "rss_after_import_mb": rss_after_import,
         "versions": {"keras": keras.__version__, "python": platform.python_version()},
         "loadavg_1m": round(os.getloadavg()[0], 2),
