@@ -6,8 +6,8 @@ elementwise passes), and splitting every one of them over the cores costs synchr
 leaves cores idle between ops. `FlowModel(batch_shards=n)` cuts the batch into n slices whose
 ops are independent; with one intra-op thread and n inter-op threads each core then runs one
 shard's ops start to finish, with one set of weights and one optimizer update per step.
-On the project's 2-core machine that trained W2 (BENCHMARKS.md, medians of two same-run
-repeats) 1.47x faster in float32 and 1.23x in bfloat16, and encoded 1.49x / 1.66x faster.
+On the project's 2-core machine that trained W1 and W2 (BENCHMARKS.md, runs one after the
+other) 1.26-1.39x faster in float32 and bfloat16, and encoded them 1.39-1.88x faster.
 
     from keras_flow import cpu_threads
     cpu_threads.configure(2)                      # first thing: 1 thread per op, 2 ops at once
