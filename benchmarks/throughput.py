@@ -20,9 +20,8 @@ untimed calls (tracing, compilation), one window sized from the second to last a
     `--optimizer adam` is keras_flow's `FusedAdam`, train.py's; `keras-adam` is Keras's own)
     run by `model.fit` on the same in-memory batch repeated. The timed windows are consecutive
     steps of ONE `fit` call, timed at each step's end by a callback (the peers time a loop of
-    steps the same way): a `fit` call's own setup and teardown, whose Python garbage
-    collection of the traced graph took 0-0.9 s per call here, would otherwise land in some
-    windows and not in others;
+    steps the same way): a `fit` call's own setup and teardown (0 to 0.9 s per call here)
+    would otherwise land in some windows and not in others;
   - encode: a compiled `model.bits_per_dim(x)` (= log_prob plus a constant), i.e. x -> z;
   - sample: a compiled `model.decode(noise)` with noise ~ N(0, 0.7^2) drawn per call.
 """
