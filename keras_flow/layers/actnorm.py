@@ -10,6 +10,7 @@ from keras_flow.layers.base import FlowLayer
 from keras_flow.layers.base import require_channels
 from keras_flow.layers.base import spatial_size
 from keras_flow.layers.base import per_example
+from keras_flow.layers.shared_weights import derived
 
 _scope = threading.local()
 
@@ -111,13 +112,17 @@ class Actnorm(FlowLayer):
         """`(scale, shift)`, float32 `(channels,)`, with `forward(x) = x * scale + shift`:
         `scale = exp(s)`, `shift = b * exp(s)`. A convolution followed by this actnorm can fold
         them into its kernel and bias (see `EdgePaddedConv2D.call`)."""
+        return derived(self, "output_affine", self._output_affine)
+
+    def _output_affine(self):
         scale = ops.exp(self._scale_log())
         return scale, self.bias * scale
 
     def forward(self, inputs):
         if in_data_dependent_init() and not self.is_initialized:
             self.initialize(inputs)
-        outputs = (ops.cast(inputs, "float32") + self.bias) * ops.exp(self._scale_log())
+        scale = derived(self, "scale", lambda: ops.exp(self._scale_log()))
+        outputs = (ops.cast(inputs, "float32") + self.bias) * scale
         return ops.cast(outputs, inputs.dtype), self._log_det(inputs)
 
     def inverse_call(self, outputs):

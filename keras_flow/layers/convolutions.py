@@ -15,6 +15,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_flow.layers.shared_weights import derived
+
 
 def border_indicator(inputs, kernel_size):
     """`(1, H + k - 1, W + k - 1, 1)` map: 1 on the zero-padding border, 0 over the image."""
@@ -100,6 +102,16 @@ class EdgePaddedConv2D(keras.layers.Layer):
                 autocast=False)
 
     def call(self, inputs, output_scale=None, output_shift=None):
+        key = ("folded", str(inputs.dtype), tuple(inputs.shape[1:3]))
+        kernel, offset = derived(self, key,
+                                 lambda: self.folded(inputs, output_scale, output_shift),
+                                 depends_on=(output_scale, output_shift))
+        outputs = ops.conv(inputs, kernel, padding="same")
+        return outputs if offset is None else outputs + offset
+
+    def folded(self, inputs, output_scale=None, output_shift=None):
+        """`(kernel, offset)` in the inputs' dtype, with `output_scale` and `output_shift`
+        folded in: the convolution is `conv(inputs, kernel) [+ offset]`."""
         kernel, offset = self.kernel, self.offset(inputs)
         if output_scale is not None:  # (Keras casts tensor arguments to the compute dtype)
             output_scale = ops.cast(output_scale, "float32")
@@ -108,8 +120,9 @@ class EdgePaddedConv2D(keras.layers.Layer):
         if output_shift is not None:
             output_shift = ops.cast(output_shift, "float32")
             offset = output_shift if offset is None else offset + output_shift
-        outputs = ops.conv(inputs, ops.cast(kernel, inputs.dtype), padding="same")
-        return outputs if offset is None else outputs + ops.cast(offset, outputs.dtype)
+        compute_dtype = inputs.dtype
+        return (ops.cast(kernel, compute_dtype),
+                None if offset is None else ops.cast(offset, compute_dtype))
 
     def offset(self, inputs):
         """The part of the outputs that does not depend on the input values, float32: the
@@ -164,7 +177,8 @@ class ZeroConv2D(EdgePaddedConv2D):
                                     autocast=False)
 
     def call(self, inputs):
-        return super().call(inputs, output_scale=ops.exp(self.log_scale_factor * self.logs))
+        scale = derived(self, "output_scale", lambda: ops.exp(self.log_scale_factor * self.logs))
+        return super().call(inputs, output_scale=scale)
 
     def get_config(self):
         config = super().get_config()

@@ -8,6 +8,7 @@ from keras_flow.layers.base import FlowLayer
 from keras_flow.layers.base import per_example
 from keras_flow.layers.base import require_channels
 from keras_flow.layers.base import spatial_size
+from keras_flow.layers.shared_weights import derived
 
 
 def random_rotation(channels, seed):
@@ -111,6 +112,9 @@ class InvConv1x1(FlowLayer):
         """The float32 `(channels, channels)` matrix `W`."""
         if not self.lu_decomposed:
             return self.kernel
+        return derived(self, "weight_matrix", self._lu_product)
+
+    def _lu_product(self):
         lower = self.lower * self._lower_mask + self._eye
         upper = (self.upper * ops.transpose(self._lower_mask)
                  + ops.diag(self.sign * ops.exp(self.log_s)))
@@ -130,7 +134,8 @@ class InvConv1x1(FlowLayer):
 
     def inverse_call(self, outputs):
         log_det = per_example(-spatial_size(outputs) * self.log_abs_det(), outputs)
-        return mix_channels(outputs, ops.inv(self.weight_matrix())), log_det
+        inverse = derived(self, "inverse", lambda: ops.inv(self.weight_matrix()))
+        return mix_channels(outputs, inverse), log_det
 
     def get_config(self):
         config = super().get_config()

@@ -16,6 +16,7 @@ from keras_flow.layers.base import FloatFlowPath
 from keras_flow.layers.convolutions import ZeroConv2D
 from keras_flow.layers.priors import check_labels
 from keras_flow.layers.priors import standard_normal_log_prob
+from keras_flow.layers.shared_weights import shared_derived_weights
 
 LN2 = math.log(2.0)
 PREPROCESSED_TOLERANCE = 1e-3  # slack on [-0.5, 0.5] for the inputs' range check
@@ -224,9 +225,10 @@ class FlowModel(FloatFlowPath, keras.Model):
         bounds = self.shard_bounds(tensors[0], training)
         if len(bounds) <= 2:
             return [fn(tensors, labels)]
-        return [fn([tensor[start:stop] for tensor in tensors],
-                   None if labels is None else labels[start:stop])
-                for start, stop in zip(bounds[:-1], bounds[1:])]
+        with shared_derived_weights():
+            return [fn([tensor[start:stop] for tensor in tensors],
+                       None if labels is None else labels[start:stop])
+                    for start, stop in zip(bounds[:-1], bounds[1:])]
 
     def shard_bounds(self, images, training=None):
         """Batch indices `[0, ..., batch]` of near-equal shards, none empty: `batch_shards`

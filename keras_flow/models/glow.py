@@ -8,6 +8,7 @@ from keras_flow.layers.flow_step import PERMUTATIONS
 from keras_flow.layers.flow_step import FlowStep
 from keras_flow.layers.priors import Split2D
 from keras_flow.layers.priors import TopPrior
+from keras_flow.layers.shared_weights import shared_derived_weights
 from keras_flow.layers.squeeze import Squeeze
 from keras_flow.models.flow_model import FlowModel
 from keras_flow.models.flow_model import image_input_shape
@@ -177,8 +178,13 @@ class Glow(FlowModel):
         """`step(z)`, recomputed in the backward pass when `remat` is on (training only; not
         during the data-dependent initialisation, which assigns weights)."""
         if self.remat and training and not in_data_dependent_init():
-            return keras.remat(step)(z)
+            return keras.remat(lambda inputs: self._unshared(step, inputs))(z)
         return step(z)
+
+    @staticmethod
+    def _unshared(step, inputs):
+        with shared_derived_weights(enabled=False):  # a recomputed function captures none
+            return step(inputs)
 
     def decode_batch(self, eps_list, labels=None):
         z, _ = self.top_prior(eps_list[-1], inverse=True, labels=labels)
