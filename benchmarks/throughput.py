@@ -232,10 +232,15 @@ def bench(fn, images_per_call, windows=5, window_s=2.0, calls=None):
         fn(calls)
         rates.append(calls * images_per_call / (time.perf_counter() - t0))
         cpu.append((time.process_time() - c0) / (calls * images_per_call))
+    return window_summary(rates, cpu, calls, warm[0])
+
+
+def window_summary(rates, cpu, calls, first_call_s):
+    """The median images/s and CPU ms per image of the timed windows, and how they ran."""
     return {"img_s": round(statistics.median(rates), 2),
             "windows_img_s": [round(r, 2) for r in rates],
             "cpu_ms_per_img": round(1e3 * statistics.median(cpu), 3),
-            "calls_per_window": calls, "first_call_s": round(warm[0], 3)}
+            "calls_per_window": calls, "first_call_s": round(first_call_s, 3)}
 
 
 def bench_fit(model, data, images_per_step, windows=5, window_s=2.0, steps=None):
@@ -270,10 +275,7 @@ def bench_fit(model, data, images_per_step, windows=5, window_s=2.0, steps=None)
         start, end = warmup - 1 + w * steps, warmup - 1 + (w + 1) * steps
         rates.append(steps * images_per_step / (clock.wall[end] - clock.wall[start]))
         cpu.append((clock.cpu[end] - clock.cpu[start]) / (steps * images_per_step))
-    return {"img_s": round(statistics.median(rates), 2),
-            "windows_img_s": [round(r, 2) for r in rates],
-            "cpu_ms_per_img": round(1e3 * statistics.median(cpu), 3),
-            "calls_per_window": steps, "first_call_s": round(first_call_s, 3),
+    return {**window_summary(rates, cpu, steps, first_call_s),
             "loss_first_last": [round(first.losses[0], 4), round(clock.losses[-1], 4)]}
 
 

@@ -115,14 +115,17 @@ class Actnorm(FlowLayer):
         return derived(self, "output_affine", self._output_affine)
 
     def _output_affine(self):
-        scale = ops.exp(self._scale_log())
+        scale = self._scale()
         return scale, self.bias * scale
+
+    def _scale(self):
+        """`exp(s)`, float32 `(channels,)`."""
+        return derived(self, "scale", lambda: ops.exp(self._scale_log()))
 
     def forward(self, inputs):
         if in_data_dependent_init() and not self.is_initialized:
             self.initialize(inputs)
-        scale = derived(self, "scale", lambda: ops.exp(self._scale_log()))
-        outputs = (ops.cast(inputs, "float32") + self.bias) * scale
+        outputs = (ops.cast(inputs, "float32") + self.bias) * self._scale()
         return ops.cast(outputs, inputs.dtype), self._log_det(inputs)
 
     def inverse_call(self, outputs):
