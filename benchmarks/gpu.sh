@@ -8,10 +8,13 @@
 #   bash benchmarks/gpu.sh --prepare-wheels   # once, on a machine with network access: the
 #                                             # keras wheel and its missing deps into .whl/
 #   bash benchmarks/gpu.sh                    # on the GPU machine (with .whl/ beside it)
+#   GPU_SMOKE=1 bash benchmarks/gpu.sh        # here, before spending device time: the same
+#                                             # runs at toy sizes on the CPU (no wheels)
 #
-# With the device tool: run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=540).
-# XLA: JAX compiles every step with XLA, so there is no "XLA off" column on this backend
-# (Keras's jit_compile=False on JAX would run op by op); on TensorFlow compare --jit on/off.
+# With the device tool: run(command="GPU_RESULTS=$OUT/gpu.jsonl bash benchmarks/gpu.sh",
+# carry=[".whl"], timeout_s=540). GPU_RESULTS, if set, also receives each run's JSON record.
+# XLA: JAX compiles every step with XLA; "XLA off" (Keras's jit_compile=False) runs the step op
+# by op, measured for W1 float32 training only (the cifar10 preset would take minutes a step).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,11 +29,13 @@ if [ "${1:-}" = "--prepare-wheels" ]; then
     "keras==$KERAS_VERSION" namex optree
 fi
 
-if compgen -G ".whl/*.whl" >/dev/null; then
+if [ -z "${GPU_SMOKE:-}" ] && compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/keras_flow_site .whl/*.whl || exit 1
   export PYTHONPATH="/tmp/keras_flow_site${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# keras_flow from this checkout: the GPU machine has no editable install of it
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
 if ! python3 -c "import keras, jax" 2>/dev/null; then
   echo "keras or jax is not importable: run 'bash benchmarks/gpu.sh --prepare-wheels' on a" \
@@ -38,6 +43,8 @@ if ! python3 -c "import keras, jax" 2>/dev/null; then
   exit 1
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras',
+    keras.__version__, 'float32 matmul precision:', jax.config.jax_default_matmul_precision)"
 
 DEADLINE_S="${DEADLINE_S:-420}" python3 - <<'EOF'
 """Runs benchmarks/throughput.py per configuration (most wanted first) until the deadline."""
@@ -51,22 +58,36 @@ START, DEADLINE = time.time(), float(os.environ["DEADLINE_S"])
 CIFAR10 = ["--image-size", "32", "--channels", "3", "--levels", "3", "--depth", "32",
            "--hidden-width", "512", "--batch-size", "64"]
 QUICK = ["--windows", "3", "--window-s", "1.0"]
-RUNS = [  # (label, flags)
-    ("W1", ["--workload", "W1", "--mixed-precision", "off"]),
-    ("W1", ["--workload", "W1", "--mixed-precision", "bf16", "--check-bpd"]),
+W1 = ["--workload", "W1", "--window-s", "0.5"]  # QUICK's windows, shorter: W1 steps are short
+RUNS = [  # (label, flags), most wanted first
+    ("W1", W1 + ["--mixed-precision", "off"]),
+    ("W1", W1 + ["--mixed-precision", "bf16", "--check-bpd"]),
     ("cifar10", CIFAR10 + ["--mixed-precision", "bf16", "--check-bpd", "--no-sample"]),
+    ("W1", W1 + ["--mixed-precision", "fp16", "--check-bpd", "--no-sample"]),
     ("cifar10", CIFAR10 + ["--mixed-precision", "off", "--no-sample"]),
-    ("W1", ["--workload", "W1", "--mixed-precision", "fp16", "--check-bpd", "--no-sample"]),
-    ("cifar10", CIFAR10 + ["--mixed-precision", "fp16", "--no-sample"]),
+]
+LATE_RUNS = [  # after the largest-batch search
+    ("cifar10", CIFAR10 + ["--mixed-precision", "fp16", "--check-bpd", "--no-sample"]),
+    ("W1", ["--workload", "W1", "--mixed-precision", "off", "--jit", "off", "--no-encode",
+            "--no-sample", "--windows", "1"]),
 ]
 FIT_ONLY = ["--windows", "1", "--window-s", "0.5", "--no-encode", "--no-sample", "--no-peak"]
+RESULTS = os.environ.get("GPU_RESULTS")
+if os.environ.get("GPU_SMOKE"):  # toy sizes: checks the script end to end in a minute or two
+    TOY = ["--levels", "2", "--depth", "1", "--hidden-width", "16", "--image-size", "8",
+           "--windows", "1", "--window-s", "0.1"]
+    RUNS, LATE_RUNS = ([(label, flags + TOY) for label, flags in runs]
+                       for runs in (RUNS, LATE_RUNS))
+peak = []  # the float32 matmul peak, measured by the first run and passed to the others
 
 
 def run(flags, limit=240):
     left = DEADLINE - (time.time() - START)
     if left < 45:
         return {"error": "skipped: deadline"}
-    cmd = [sys.executable, "benchmarks/throughput.py", "--backend", "jax", "--jit", "on"] + flags
+    jit = [] if "--jit" in flags else ["--jit", "on"]
+    measured = (["--peak-gflops", str(peak[0])] if peak else []) if "--no-peak" not in flags else []
+    cmd = [sys.executable, "benchmarks/throughput.py", "--backend", "jax"] + jit + measured + flags
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=min(limit, left))
     except subprocess.TimeoutExpired:
@@ -83,11 +104,22 @@ def cell(value, fmt="%.1f"):
 
 
 rows = []
-for label, flags in RUNS:
-    record = run(flags + QUICK)
-    record["label"] = label
-    rows.append(record)
-    print(json.dumps(record), flush=True)
+
+
+def run_all(runs):
+    for label, flags in runs:
+        record = run(QUICK + flags)
+        record["label"] = label
+        rows.append(record)
+        if record.get("peak_fp32_matmul_gflops") and not peak:
+            peak.append(record["peak_fp32_matmul_gflops"])
+        print(json.dumps(record), flush=True)
+        if RESULTS:
+            with open(RESULTS, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+
+run_all(RUNS)
 
 # Largest batch of the cifar10 preset in bf16: extrapolate the device memory of batch 64
 # (minus weights, gradients and Adam's two moments) and check that batch once, then half.
@@ -109,20 +141,23 @@ if base and base.get("device_limit_mb"):
             break
         largest = "%d failed (%s)" % (batch, record["error"])
 
+run_all(LATE_RUNS)
 device = next((r.get("device") for r in rows if r.get("device")), "?")
-print("\n## keras_flow on %s, JAX backend (XLA always on), %s\n" % (
-    device, time.strftime("%Y-%m-%d")))
-print("| workload | precision | batch | train img/s | encode img/s | sample img/s | params | "
-      "device peak MiB | bits/dim | vs float32 | 1st train call s |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-for r in rows:
+print("\n## keras_flow on %s, JAX backend, %s (float32 matmul peak %s GFLOP/s)\n" % (
+    device, time.strftime("%Y-%m-%d"), peak[0] if peak else "not measured"))
+print("| workload | precision | XLA | batch | train img/s | train % of peak | encode img/s | "
+      "sample img/s | params | device peak MiB | bits/dim | vs float32 | 1st train call s |")
+print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for (label, flags), r in zip(RUNS + LATE_RUNS, rows):
     if "error" in r:
-        print("| %s | %s | | %s | | | | | | | |" % (r["label"], "?", r["error"]))
+        print("| %s | %s | | | %s | | | | | | | | |" % (label, " ".join(flags), r["error"]))
         continue
-    print("| %s | %s | %d | %s | %s | %s | {:,} | %s | %s | %s | %s |".format(r["params"]) % (
-        r["label"], r["policy"], r["config"]["batch_size"], cell(r["train_img_s"]),
-        cell(r["encode_img_s"]), cell(r["sample_img_s"]), cell(r["device_peak_mb"], "%.0f"),
-        cell(r.get("bpd"), "%.4f"), cell(r.get("bpd_abs_diff"), "%.4f"),
-        cell(r["train_detail"]["first_call_s"])))
+    fraction = r["train_fraction_of_peak"]
+    print("| %s | %s | %s | %d | %s | %s | %s | %s | {:,} | %s | %s | %s | %s |".format(
+        r["params"]) % (
+        label, r["policy"], "on" if r["jit_compile"] else "off", r["config"]["batch_size"],
+        cell(r["train_img_s"]), cell(fraction and 100 * fraction), cell(r["encode_img_s"]),
+        cell(r["sample_img_s"]), cell(r["device_peak_mb"], "%.0f"), cell(r.get("bpd"), "%.4f"),
+        cell(r.get("bpd_abs_diff"), "%.4f"), cell(r["train_detail"]["first_call_s"])))
 print("\nLargest cifar10-preset batch in bf16: %s. Total %.0f s." % (largest, time.time() - START))
 EOF
