@@ -10,6 +10,8 @@
 #   bash benchmarks/gpu.sh                    # on the GPU machine (with .whl/ beside it)
 #   GPU_SMOKE=1 bash benchmarks/gpu.sh        # here, before spending device time: the same
 #                                             # runs at toy sizes on the CPU (no wheels)
+#   GPU_ROWS=cifar10-fp16,W1-f32-xla-off bash benchmarks/gpu.sh   # only these rows (the names
+#                                             # are in ROWS below; a lease fits about four)
 #
 # With the device tool: run(command="GPU_RESULTS=$OUT/gpu.jsonl bash benchmarks/gpu.sh",
 # carry=[".whl"], timeout_s=540). GPU_RESULTS, if set, also receives each run's JSON record.
@@ -59,25 +61,33 @@ CIFAR10 = ["--image-size", "32", "--channels", "3", "--levels", "3", "--depth", 
            "--hidden-width", "512", "--batch-size", "64"]
 QUICK = ["--windows", "3", "--window-s", "1.0"]
 W1 = ["--workload", "W1", "--window-s", "0.5"]  # QUICK's windows, shorter: W1 steps are short
-RUNS = [  # (label, flags), most wanted first
-    ("W1", W1 + ["--mixed-precision", "off"]),
-    ("W1", W1 + ["--mixed-precision", "bf16", "--check-bpd"]),
-    ("cifar10", CIFAR10 + ["--mixed-precision", "bf16", "--check-bpd", "--no-sample"]),
-    ("W1", W1 + ["--mixed-precision", "fp16", "--check-bpd", "--no-sample"]),
-    ("cifar10", CIFAR10 + ["--mixed-precision", "off", "--no-sample"]),
+ROWS = [  # (name, label, flags), most wanted first; "largest" is the largest-batch search
+    ("W1-f32", "W1", W1 + ["--mixed-precision", "off"]),
+    ("W1-bf16", "W1", W1 + ["--mixed-precision", "bf16", "--check-bpd"]),
+    ("cifar10-bf16", "cifar10", CIFAR10 + ["--mixed-precision", "bf16", "--check-bpd",
+                                           "--no-sample"]),
+    ("W1-fp16", "W1", W1 + ["--mixed-precision", "fp16", "--check-bpd", "--no-sample"]),
+    ("cifar10-f32", "cifar10", CIFAR10 + ["--mixed-precision", "off", "--no-sample"]),
+    ("largest", "cifar10", []),
+    ("cifar10-fp16", "cifar10", CIFAR10 + ["--mixed-precision", "fp16", "--check-bpd",
+                                           "--no-sample"]),
+    ("W1-f32-xla-off", "W1", ["--workload", "W1", "--mixed-precision", "off", "--jit", "off",
+                              "--no-encode", "--no-sample", "--windows", "1"]),
 ]
-LATE_RUNS = [  # after the largest-batch search
-    ("cifar10", CIFAR10 + ["--mixed-precision", "fp16", "--check-bpd", "--no-sample"]),
-    ("W1", ["--workload", "W1", "--mixed-precision", "off", "--jit", "off", "--no-encode",
-            "--no-sample", "--windows", "1"]),
-]
+# GPU_ROWS="cifar10-fp16,W1-f32-xla-off": only these rows (to finish a table over two leases)
+if os.environ.get("GPU_ROWS"):
+    wanted = os.environ["GPU_ROWS"].split(",")
+    unknown = sorted(set(wanted) - {name for name, _, _ in ROWS})
+    if unknown:
+        sys.exit("GPU_ROWS: unknown rows %s; choose from %s" % (
+            unknown, ", ".join(name for name, _, _ in ROWS)))
+    ROWS = [row for row in ROWS if row[0] in wanted]
 FIT_ONLY = ["--windows", "1", "--window-s", "0.5", "--no-encode", "--no-sample", "--no-peak"]
 RESULTS = os.environ.get("GPU_RESULTS")
+TOY = []
 if os.environ.get("GPU_SMOKE"):  # toy sizes: checks the script end to end in a minute or two
     TOY = ["--levels", "2", "--depth", "1", "--hidden-width", "16", "--image-size", "8",
            "--windows", "1", "--window-s", "0.1"]
-    RUNS, LATE_RUNS = ([(label, flags + TOY) for label, flags in runs]
-                       for runs in (RUNS, LATE_RUNS))
 peak = []  # the float32 matmul peak, measured by the first run and passed to the others
 
 
@@ -103,54 +113,53 @@ def cell(value, fmt="%.1f"):
     return "-" if value is None else fmt % value
 
 
-rows = []
-
-
-def run_all(runs):
-    for label, flags in runs:
-        record = run(QUICK + flags)
-        record["label"] = label
-        rows.append(record)
-        if record.get("peak_fp32_matmul_gflops") and not peak:
-            peak.append(record["peak_fp32_matmul_gflops"])
-        print(json.dumps(record), flush=True)
-        if RESULTS:
-            with open(RESULTS, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-
-
-run_all(RUNS)
-
-# Largest batch of the cifar10 preset in bf16: extrapolate the device memory of batch 64
-# (minus weights, gradients and Adam's two moments) and check that batch once, then half.
-largest = "not measured"
-base = next((r for r in rows if r["label"] == "cifar10" and r.get("policy") == "mixed_bfloat16"
-             and r.get("device_peak_mb")), None)
-if base and base.get("device_limit_mb"):
+def largest_batch(rows):
+    """The largest cifar10-preset batch that trains in bf16: extrapolates the device memory of
+    batch 64 (less weights, gradients and Adam's two moments), tries that batch, then half."""
+    base = next((r for r in rows if r["label"] == "cifar10" and
+                 r.get("policy") == "mixed_bfloat16" and r.get("device_peak_mb")), None)
+    if not (base and base.get("device_limit_mb")):
+        return "not measured (needs the cifar10-bf16 row on a GPU)"
     fixed_mb = 4 * base["params_all"] * 4 / 2 ** 20
     per_image_mb = max((base["device_peak_mb"] - fixed_mb) / 64, 1e-3)
     guess = int((0.9 * base["device_limit_mb"] - fixed_mb) / per_image_mb) // 64 * 64
+    result = "not measured"
     for batch in (guess, guess // 2):
         if batch < 64:
             break
-        flags = CIFAR10[:-1] + [str(batch), "--mixed-precision", "bf16"] + FIT_ONLY
-        record = run(flags)
+        record = run(CIFAR10[:-1] + [str(batch), "--mixed-precision", "bf16"] + FIT_ONLY)
         if "error" not in record:
-            largest = "%d (%.0f img/s, %.0f MiB)" % (batch, record["train_img_s"],
-                                                   record["device_peak_mb"] or 0)
-            break
-        largest = "%d failed (%s)" % (batch, record["error"])
+            return "%d (%.0f img/s, %.0f MiB)" % (batch, record["train_img_s"],
+                                                 record["device_peak_mb"] or 0)
+        result = "%d failed (%s)" % (batch, record["error"])
+    return result
 
-run_all(LATE_RUNS)
+
+rows, largest = [], "not run"
+for name, label, flags in ROWS:
+    if name == "largest":
+        largest = largest_batch(rows)
+        continue
+    record = run(QUICK + flags + TOY)
+    record.update(label=label, row=name, flags=" ".join(flags))
+    rows.append(record)
+    if record.get("peak_fp32_matmul_gflops") and not peak:
+        peak.append(record["peak_fp32_matmul_gflops"])
+    print(json.dumps(record), flush=True)
+    if RESULTS:
+        with open(RESULTS, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
 device = next((r.get("device") for r in rows if r.get("device")), "?")
 print("\n## keras_flow on %s, JAX backend, %s (float32 matmul peak %s GFLOP/s)\n" % (
     device, time.strftime("%Y-%m-%d"), peak[0] if peak else "not measured"))
 print("| workload | precision | XLA | batch | train img/s | train % of peak | encode img/s | "
       "sample img/s | params | device peak MiB | bits/dim | vs float32 | 1st train call s |")
 print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-for (label, flags), r in zip(RUNS + LATE_RUNS, rows):
+for r in rows:
+    label = r["label"]
     if "error" in r:
-        print("| %s | %s | | | %s | | | | | | | | |" % (label, " ".join(flags), r["error"]))
+        print("| %s | %s | | | %s | | | | | | | | |" % (r["row"], r["flags"], r["error"]))
         continue
     fraction = r["train_fraction_of_peak"]
     print("| %s | %s | %s | %d | %s | %s | %s | %s | {:,} | %s | %s | %s | %s |".format(
