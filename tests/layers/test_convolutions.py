@@ -27,6 +27,38 @@ def test_edge_padding_equals_openai_glow_explicit_border_channel():
     np.testing.assert_allclose(dynamic(x).numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_folded_output_affine_equals_explicit_scale_and_shift(use_bias, affine):
+    """call(x, output_scale=s, output_shift=t) == (openai/glow's conv + b) * s + t, with s, t
+    folded into the weights; static and dynamic image sizes."""
+    import tensorflow as tf
+
+    x = random_images((2, 5, 6, 3))
+    layer = EdgePaddedConv2D(4, 3, use_bias=use_bias)
+    layer.build(x.shape)
+    perturb_weights(layer, scale=0.3)
+    rng = np.random.default_rng(1)
+    scale, shift = (rng.uniform(0.5, 2.0, 4).astype("float32"),
+                    rng.normal(size=4).astype("float32")) if affine else (None, None)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    border = np.pad(np.zeros((2, 5, 6, 1), "float32"), ((0, 0), (1, 1), (1, 1), (0, 0)),
+                    constant_values=1.0)
+    kernel = np.concatenate([keras.ops.convert_to_numpy(layer.kernel),
+                             keras.ops.convert_to_numpy(layer.edge_kernel)], axis=2)
+    expected = keras.ops.convert_to_numpy(
+        keras.ops.conv(np.concatenate([padded, border], -1), kernel, padding="valid"))
+    if use_bias:
+        expected = expected + keras.ops.convert_to_numpy(layer.bias)
+    if affine:
+        expected = expected * scale + shift
+    got = layer(x, output_scale=scale, output_shift=shift)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(got), expected, rtol=1e-5, atol=1e-5)
+    dynamic = tf.function(lambda images: layer(images, output_scale=scale, output_shift=shift),
+                          input_signature=[tf.TensorSpec((None, None, None, 3))])
+    np.testing.assert_allclose(dynamic(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("factor", [None, 1.0])
 def test_zero_conv_starts_at_zero_and_scales_by_exp_factor_logs(factor):
     """Default factor 3 (openai/glow), or the one given."""
