@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# keras_flow on one NVIDIA GPU with Keras's JAX backend (the GPU machines carry JAX and PyTorch,
-# no TensorFlow): training / encode / sample images/s of W1 and of the cifar10 preset in
+# keras_flow on one NVIDIA GPU, by default with Keras's JAX backend (the GPU machines lent here
+# carry JAX and PyTorch, no TensorFlow; `--backend tensorflow` where TensorFlow is installed):
+# training / encode / sample images/s of W1 and of the cifar10 preset in
 # float32, bfloat16 and float16, the bits/dim agreement between precisions and the largest
 # batch that fits; prints a Markdown table for BENCHMARKS.md. Installs nothing from the network
 # and stops starting runs after DEADLINE_S seconds (default 420), so it ends within 8 minutes.
@@ -12,11 +13,15 @@
 #                                             # runs at toy sizes on the CPU (no wheels)
 #   GPU_ROWS=cifar10-fp16,W1-f32-xla-off bash benchmarks/gpu.sh   # only these rows (the names
 #                                             # are in ROWS below; a lease fits about four)
+#   bash benchmarks/gpu.sh --backend tensorflow   # a GPU machine with TensorFlow: XLA on and
+#                                             # off are both compiled there (no largest batch:
+#                                             # TensorFlow does not report the memory limit)
 #
 # With the device tool: run(command="GPU_RESULTS=$OUT/gpu.jsonl bash benchmarks/gpu.sh",
 # carry=[".whl"], timeout_s=540). GPU_RESULTS, if set, also receives each run's JSON record.
 # XLA: JAX compiles every step with XLA; "XLA off" (Keras's jit_compile=False) runs the step op
-# by op, measured for W1 float32 training only (the cifar10 preset would take minutes a step).
+# by op there, measured for W1 float32 training only (the cifar10 preset would take minutes a
+# step); on TensorFlow "XLA off" is a tf.function graph without XLA.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,24 +36,35 @@ if [ "${1:-}" = "--prepare-wheels" ]; then
     "keras==$KERAS_VERSION" namex optree
 fi
 
-if [ -z "${GPU_SMOKE:-}" ] && compgen -G ".whl/*.whl" >/dev/null; then
+BACKEND=jax
+if [ "${1:-}" = "--backend" ]; then
+  BACKEND="${2:-}"
+fi
+case "$BACKEND" in
+  jax|tensorflow) ;;
+  *) echo "gpu.sh: --backend takes jax or tensorflow; got '$BACKEND'." >&2; exit 2 ;;
+esac
+
+if [ "$BACKEND" = jax ] && [ -z "${GPU_SMOKE:-}" ] && compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/keras_flow_site .whl/*.whl || exit 1
   export PYTHONPATH="/tmp/keras_flow_site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 # keras_flow from this checkout: the GPU machine has no editable install of it
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
-if ! python3 -c "import keras, jax" 2>/dev/null; then
-  echo "keras or jax is not importable: run 'bash benchmarks/gpu.sh --prepare-wheels' on a" \
-       "machine with network access and carry .whl/ along." >&2
+export KERAS_BACKEND="$BACKEND" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
+if ! python3 -c "import keras, $BACKEND" 2>/dev/null; then
+  echo "keras or $BACKEND is not importable: for JAX run 'bash benchmarks/gpu.sh" \
+       "--prepare-wheels' on a machine with network access and carry .whl/ along." >&2
   exit 1
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras',
+if [ "$BACKEND" = jax ]; then
+  python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras',
     keras.__version__, 'float32 matmul precision:', jax.config.jax_default_matmul_precision)"
+fi
 
-DEADLINE_S="${DEADLINE_S:-420}" python3 - <<'EOF'
+BACKEND="$BACKEND" DEADLINE_S="${DEADLINE_S:-420}" python3 - <<'EOF'
 """Runs benchmarks/throughput.py per configuration (most wanted first) until the deadline."""
 import json
 import os
@@ -57,6 +73,7 @@ import sys
 import time
 
 START, DEADLINE = time.time(), float(os.environ["DEADLINE_S"])
+BACKEND = os.environ["BACKEND"]
 CIFAR10 = ["--image-size", "32", "--channels", "3", "--levels", "3", "--depth", "32",
            "--hidden-width", "512", "--batch-size", "64"]
 QUICK = ["--windows", "3", "--window-s", "1.0"]
@@ -97,7 +114,8 @@ def run(flags, limit=240):
         return {"error": "skipped: deadline"}
     jit = [] if "--jit" in flags else ["--jit", "on"]
     measured = (["--peak-gflops", str(peak[0])] if peak else []) if "--no-peak" not in flags else []
-    cmd = [sys.executable, "benchmarks/throughput.py", "--backend", "jax"] + jit + measured + flags
+    cmd = ([sys.executable, "benchmarks/throughput.py", "--backend", BACKEND] + jit + measured +
+           flags)
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=min(limit, left))
     except subprocess.TimeoutExpired:
@@ -119,7 +137,7 @@ def largest_batch(rows):
     base = next((r for r in rows if r["label"] == "cifar10" and
                  r.get("policy") == "mixed_bfloat16" and r.get("device_peak_mb")), None)
     if not (base and base.get("device_limit_mb")):
-        return "not measured (needs the cifar10-bf16 row on a GPU)"
+        return "not measured (needs the cifar10-bf16 row on a GPU, JAX backend)"
     fixed_mb = 4 * base["params_all"] * 4 / 2 ** 20
     per_image_mb = max((base["device_peak_mb"] - fixed_mb) / 64, 1e-3)
     guess = int((0.9 * base["device_limit_mb"] - fixed_mb) / per_image_mb) // 64 * 64
@@ -151,8 +169,8 @@ for name, label, flags in ROWS:
             fh.write(json.dumps(record) + "\n")
 
 device = next((r.get("device") for r in rows if r.get("device")), "?")
-print("\n## keras_flow on %s, JAX backend, %s (float32 matmul peak %s GFLOP/s)\n" % (
-    device, time.strftime("%Y-%m-%d"), peak[0] if peak else "not measured"))
+print("\n## keras_flow on %s, %s backend, %s (float32 matmul peak %s GFLOP/s)\n" % (
+    device, BACKEND, time.strftime("%Y-%m-%d"), peak[0] if peak else "not measured"))
 print("| workload | precision | XLA | batch | train img/s | train % of peak | encode img/s | "
       "sample img/s | params | device peak MiB | bits/dim | vs float32 | 1st train call s |")
 print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
