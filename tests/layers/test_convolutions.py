@@ -8,18 +8,23 @@ from tests.flow_checks import perturb_weights
 from tests.flow_checks import random_images
 
 
+def explicit_border_channel_conv(layer, x):
+    """openai/glow's way: VALID conv of concat(zero-pad(x), border indicator), 3x3, no bias."""
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    border = np.pad(np.zeros(x.shape[:3] + (1,), "float32"), ((0, 0), (1, 1), (1, 1), (0, 0)),
+                    constant_values=1.0)
+    kernel = np.concatenate([keras.ops.convert_to_numpy(layer.kernel),
+                             keras.ops.convert_to_numpy(layer.edge_kernel)], axis=2)
+    return keras.ops.convert_to_numpy(
+        keras.ops.conv(np.concatenate([padded, border], -1), kernel, padding="valid"))
+
+
 def test_edge_padding_equals_openai_glow_explicit_border_channel():
     """conv_same(x) + conv_valid(border) == VALID conv of concat(pad(x), border) (openai/glow)."""
     x = random_images((2, 5, 6, 3))
     layer = EdgePaddedConv2D(4, 3, use_bias=False)
     got = keras.ops.convert_to_numpy(layer(x))
-    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    border = np.pad(np.zeros((2, 5, 6, 1), "float32"), ((0, 0), (1, 1), (1, 1), (0, 0)),
-                    constant_values=1.0)
-    kernel = np.concatenate([keras.ops.convert_to_numpy(layer.kernel),
-                             keras.ops.convert_to_numpy(layer.edge_kernel)], axis=2)
-    expected = keras.ops.convert_to_numpy(
-        keras.ops.conv(np.concatenate([padded, border], -1), kernel, padding="valid"))
+    expected = explicit_border_channel_conv(layer, x)
     np.testing.assert_allclose(got, expected, atol=1e-5)
     # The same through the dynamic-shape path (image size unknown when traced).
     import tensorflow as tf
@@ -41,13 +46,7 @@ def test_folded_output_affine_equals_explicit_scale_and_shift(use_bias, affine):
     rng = np.random.default_rng(1)
     scale, shift = (rng.uniform(0.5, 2.0, 4).astype("float32"),
                     rng.normal(size=4).astype("float32")) if affine else (None, None)
-    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    border = np.pad(np.zeros((2, 5, 6, 1), "float32"), ((0, 0), (1, 1), (1, 1), (0, 0)),
-                    constant_values=1.0)
-    kernel = np.concatenate([keras.ops.convert_to_numpy(layer.kernel),
-                             keras.ops.convert_to_numpy(layer.edge_kernel)], axis=2)
-    expected = keras.ops.convert_to_numpy(
-        keras.ops.conv(np.concatenate([padded, border], -1), kernel, padding="valid"))
+    expected = explicit_border_channel_conv(layer, x)
     if use_bias:
         expected = expected + keras.ops.convert_to_numpy(layer.bias)
     if affine:
