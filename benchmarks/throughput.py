@@ -48,8 +48,8 @@ DEFAULTS = dict(image_size=32, channels=3, levels=3, depth=8, hidden_width=128, 
 POLICIES = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 TEMPERATURE = 0.7
 LEARNING_RATE = 1e-4
-WARMUP_STEPS = 500  # train.py warms up too (one epoch): without it the cifar10 preset's loss
-                    # climbs from 8.3 to 44 bits/dim in 25 steps at 1e-4 (seen on a GPU)
+WARMUP_STEPS = 500  # train.py warms up too (one epoch): at a constant 1e-4 the cifar10
+                    # preset's loss spikes to 140 bits/dim at its third step (BENCHMARKS.md)
 
 
 def parse_args(argv=None):
