@@ -113,7 +113,7 @@ def run(flags, limit=240):
     if left < 45:
         return {"error": "skipped: deadline"}
     jit = [] if "--jit" in flags else ["--jit", "on"]
-    measured = (["--peak-gflops", str(peak[0])] if peak else []) if "--no-peak" not in flags else []
+    measured = ["--peak-gflops", str(peak[0])] if peak and "--no-peak" not in flags else []
     cmd = ([sys.executable, "benchmarks/throughput.py", "--backend", BACKEND] + jit + measured +
            flags)
     try:
@@ -175,14 +175,13 @@ print("| workload | precision | XLA | batch | train img/s | train % of peak | en
       "sample img/s | params | device peak MiB | bits/dim | vs float32 | 1st train call s |")
 print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:
-    label = r["label"]
     if "error" in r:
         print("| %s | %s | | | %s | | | | | | | | |" % (r["row"], r["flags"], r["error"]))
         continue
     fraction = r["train_fraction_of_peak"]
     print("| %s | %s | %s | %d | %s | %s | %s | %s | {:,} | %s | %s | %s | %s |".format(
         r["params"]) % (
-        label, r["policy"], "on" if r["jit_compile"] else "off", r["config"]["batch_size"],
+        r["label"], r["policy"], "on" if r["jit_compile"] else "off", r["config"]["batch_size"],
         cell(r["train_img_s"]), cell(fraction and 100 * fraction), cell(r["encode_img_s"]),
         cell(r["sample_img_s"]), cell(r["device_peak_mb"], "%.0f"), cell(r.get("bpd"), "%.4f"),
         cell(r.get("bpd_abs_diff"), "%.4f"), cell(r["train_detail"]["first_call_s"])))
