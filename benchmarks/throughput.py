@@ -49,7 +49,7 @@ POLICIES = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 TEMPERATURE = 0.7
 LEARNING_RATE = 1e-4
 WARMUP_STEPS = 500  # train.py warms up too (one epoch): at a constant 1e-4 the cifar10
-                    # preset's loss spikes to 140 bits/dim at its third step (BENCHMARKS.md)
+                    # preset's loss spikes at its third step (benchmarks/warmup_spike.py)
 
 
 def parse_args(argv=None):
@@ -335,12 +335,12 @@ def build_model(args, policy):
     return model, x
 
 
-def make_training_optimizer(name):
+def make_training_optimizer(name, warmup_steps=WARMUP_STEPS):
     import keras
     from keras_flow.optimizers import LinearWarmup, make_optimizer
     if name == "keras-adam":
-        return keras.optimizers.Adam(LinearWarmup(LEARNING_RATE, WARMUP_STEPS))
-    return make_optimizer(name, LEARNING_RATE, warmup_steps=WARMUP_STEPS)
+        return keras.optimizers.Adam(LinearWarmup(LEARNING_RATE, warmup_steps))
+    return make_optimizer(name, LEARNING_RATE, warmup_steps=warmup_steps)
 
 
 def count_params(weights):
