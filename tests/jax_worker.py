@@ -5,8 +5,8 @@
 Runs the layer contract checks (round trip, log-dets that cancel, log-det == log|det J| of
 JAX's autodiff Jacobian) for a few layers, and a few `fit` steps of a tiny Glow and RealNVP
 with the `add_loss` objective and keras_flow's optimizers (GlowAdamax, FusedAdam), whose
-backend-neutral update runs there, and a Glow with batch shards; writes a JSON report to
-OUT.json for the test to check.
+backend-neutral update runs there, a Glow with batch shards, and the custom gradient of the
+1x1 convolution; writes a JSON report to OUT.json for the test to check.
 """
 
 import json
@@ -77,6 +77,30 @@ def sharded_report():
     return {"max_bits_per_dim_difference": float(difference), "loss": history["loss"]}
 
 
+def pointwise_gradient_report():
+    """`pointwise_conv`'s custom (matrix-product) gradients against JAX's autodiff of the 1x1
+    convolution, through `jax.grad` under `jax.jit`."""
+    import jax
+    import numpy as np
+
+    from keras_flow.layers.convolutions import pointwise_conv
+
+    rng = np.random.default_rng(5)
+    x = random_images((2, 4, 5, 6), seed=4)
+    kernel = rng.normal(size=(1, 1, 6, 7)).astype("float32")
+    upstream = rng.normal(size=(2, 4, 5, 7)).astype("float32")
+
+    def gradients(conv):
+        loss = lambda a, w: keras.ops.sum(conv(a, w) * upstream)  # noqa: E731
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+
+    got = gradients(pointwise_conv)
+    expected = gradients(lambda a, w: keras.ops.conv(a, w, padding="same"))
+    return {"max_gradient_error": max(float(np.max(np.abs(g - e)))
+                                      for g, e in zip(got, expected)),
+            "max_gradient": max(float(np.max(np.abs(e))) for e in expected)}
+
+
 def main(out_path):
     start = time.time()
     report = {"backend": keras.backend.backend(),
@@ -84,6 +108,7 @@ def main(out_path):
     report["layers"] = {name: layer_report(make) for name, make in LAYERS.items()}
     report["fit"] = {name: fit_report(*spec) for name, spec in MODELS.items()}
     report["sharded"] = sharded_report()
+    report["pointwise_conv"] = pointwise_gradient_report()
     report["seconds"] = round(time.time() - start, 1)
     Path(out_path).write_text(json.dumps(report))
 

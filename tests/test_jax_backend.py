@@ -56,3 +56,9 @@ def test_batch_shards_under_jax(report):
     assert sharded["max_bits_per_dim_difference"] < 1e-5
     assert all(math.isfinite(v) for v in sharded["loss"])
     assert sharded["loss"][-1] < sharded["loss"][0]
+
+
+def test_pointwise_conv_custom_gradient_under_jax(report):
+    result = report["pointwise_conv"]
+    assert result["max_gradient"] > 0.1
+    assert result["max_gradient_error"] < 1e-5

@@ -3,10 +3,14 @@
 openai/glow pads 3x3 convolutions explicitly and appends one input channel that is 1 on the
 padded border and 0 inside ("edge padding"), so the network can tell image borders from zeros.
 The border channel is the same for every image, so its contribution is a constant map,
-`conv_valid(border, W_edge)`; `EdgePaddedConv2D` adds that map to an ordinary zero-padded
-convolution of the input instead of concatenating a channel to every activation: the same
-function for a fraction of the cost. The map is computed as one small matrix product of the
-border's (constant) patches with `W_edge`, whose gradient is cheap too.
+`conv_valid(border, W_edge)`, which `EdgePaddedConv2D` adds to an ordinary zero-padded
+convolution of the input in one of two forms, the same function either way:
+- wide inputs (the last convolution, 512 -> 2c): as an offset map, one small matrix product of
+  the border's (constant) patches with `W_edge`, instead of copying every activation to append
+  a channel;
+- thin inputs (the first convolution, c/2 -> 512): as a ones channel appended to the input
+  (`sum(W_edge) - conv_same(1, W_edge)`), which leaves a per-channel bias, so the convolution,
+  the bias and the ReLU after it run as one fused operation.
 """
 
 import functools
@@ -30,6 +34,45 @@ def kernel_taps(border, height, width, kernel_size):
     """The `k * k` shifted `(height, width)` windows of a padded border map, one per tap."""
     return [border[dy:dy + height, dx:dx + width]
             for dy in range(kernel_size) for dx in range(kernel_size)]
+
+
+def conv_same(inputs, kernel):
+    """Stride-1 'same' convolution of NHWC `inputs` with a `(k, k, in, out)` kernel; a 1x1
+    kernel runs as `pointwise_conv`."""
+    if kernel.shape[0] == 1 and kernel.shape[1] == 1:
+        return pointwise_conv(inputs, kernel)
+    return ops.conv(inputs, kernel, padding="same")
+
+
+@ops.custom_gradient
+def pointwise_conv(inputs, kernel):
+    """A 1x1 convolution whose gradients are matrix products over all `P` pixels:
+
+        d_inputs = d_out @ W^T,   d_W = X^T @ d_out   (X: `(P, in)`, d_out: `(P, out)`)
+
+    the values autodiff gives, but oneDNN's 1x1 weight gradient (`Conv2DBackpropFilter`) is
+    2-4x slower than the product in bfloat16 at Glow's shapes. The forward stays a
+    convolution, so it still fuses with the bias and ReLU that follow it."""
+    outputs = ops.conv(inputs, kernel, padding="same")
+
+    def gradient(*args, upstream=None):
+        upstream = args[0] if upstream is None else upstream
+        channels, filters = kernel.shape[-2], kernel.shape[-1]
+        d_outputs = ops.reshape(upstream, (-1, filters))
+        matrix = ops.reshape(kernel, (channels, filters))
+        d_inputs = ops.matmul(d_outputs, ops.transpose(matrix))
+        d_kernel = ops.matmul(ops.transpose(ops.reshape(inputs, (-1, channels))), d_outputs)
+        return (ops.reshape(d_inputs, ops.shape(inputs)),
+                ops.reshape(d_kernel, kernel.shape))
+
+    return outputs, gradient
+
+
+def with_ones_channel(inputs):
+    """`inputs` with one more channel, all ones."""
+    shape = ops.shape(inputs)
+    ones = ops.ones((shape[0], shape[1], shape[2], 1), dtype=inputs.dtype)
+    return ops.concatenate([inputs, ones], axis=-1)
 
 
 @functools.lru_cache(maxsize=64)
@@ -106,13 +149,33 @@ class EdgePaddedConv2D(keras.layers.Layer):
         kernel, offset = derived(self, key,
                                  lambda: self.folded(inputs, output_scale, output_shift),
                                  depends_on=(output_scale, output_shift))
-        outputs = ops.conv(inputs, kernel, padding="same")
+        if self.border_as_channel(inputs):
+            inputs = with_ones_channel(inputs)
+        outputs = conv_same(inputs, kernel)
         return outputs if offset is None else outputs + offset
+
+    def border_as_channel(self, inputs):
+        """Whether the border term runs as an extra input channel of ones (thin inputs) rather
+        than as a `(1, H, W, filters)` offset map (see `folded`)."""
+        return self.edge_padding and inputs.shape[-1] < self.filters
 
     def folded(self, inputs, output_scale=None, output_shift=None):
         """`(kernel, offset)` in the inputs' dtype, with `output_scale` and `output_shift`
-        folded in: the convolution is `conv(inputs, kernel) [+ offset]`."""
-        kernel, offset = self.kernel, self.offset(inputs)
+        folded in: the convolution is `conv(inputs, kernel) [+ offset]`, or
+        `conv(with_ones_channel(inputs), kernel) + offset` when `border_as_channel`.
+
+        The border term as a channel: `conv_valid(border, W_edge) = sum(W_edge) -
+        conv_same(1, W_edge)`, since the taps that fall on the border are all taps minus those
+        inside the image. So a ones channel with kernel `-W_edge` plus the per-channel bias
+        `sum(W_edge)` give it, and the offset is per channel: the convolution, its offset and
+        the ReLU after it run as one fused operation."""
+        if self.border_as_channel(inputs):
+            kernel = ops.concatenate([self.kernel, -self.edge_kernel], axis=2)
+            offset = ops.sum(self.edge_kernel, axis=(0, 1, 2))
+            if self.use_bias:
+                offset = offset + self.bias
+        else:
+            kernel, offset = self.kernel, self.offset(inputs)
         if output_scale is not None:  # (Keras casts tensor arguments to the compute dtype)
             output_scale = ops.cast(output_scale, "float32")
             kernel = kernel * output_scale
@@ -219,7 +282,7 @@ class WeightNormConv2D(keras.layers.Layer):
         kernel = self.direction / norm
         if self.use_gain:
             kernel = kernel * self.gain
-        outputs = ops.conv(inputs, kernel, padding="same")
+        outputs = conv_same(inputs, kernel)
         if self.use_bias:
             outputs = outputs + self.bias
         return outputs

@@ -4,6 +4,7 @@ import pytest
 
 from keras_flow.layers import EdgePaddedConv2D
 from keras_flow.layers import ZeroConv2D
+from keras_flow.layers.convolutions import pointwise_conv
 from tests.flow_checks import perturb_weights
 from tests.flow_checks import random_images
 
@@ -19,10 +20,24 @@ def explicit_border_channel_conv(layer, x):
         keras.ops.conv(np.concatenate([padded, border], -1), kernel, padding="valid"))
 
 
-def test_edge_padding_equals_openai_glow_explicit_border_channel():
+# The border term runs as a ones channel for thin inputs (3 -> 4 filters) and as an offset
+# map otherwise (3 -> 2 filters): both forms are checked against openai/glow's.
+BORDER_FORMS = {"ones_channel": 4, "offset_map": 2}
+
+
+def edge_padded_conv(form, **kwargs):
+    layer = EdgePaddedConv2D(BORDER_FORMS[form], 3, **kwargs)
+    assert layer.border_as_channel(random_images((1, 2, 2, 3))) == (form == "ones_channel")
+    return layer
+
+
+@pytest.mark.parametrize("form", BORDER_FORMS)
+def test_edge_padding_equals_openai_glow_explicit_border_channel(form):
     """conv_same(x) + conv_valid(border) == VALID conv of concat(pad(x), border) (openai/glow)."""
     x = random_images((2, 5, 6, 3))
-    layer = EdgePaddedConv2D(4, 3, use_bias=False)
+    layer = edge_padded_conv(form, use_bias=False)
+    layer.build(x.shape)
+    perturb_weights(layer, scale=0.3)
     got = keras.ops.convert_to_numpy(layer(x))
     expected = explicit_border_channel_conv(layer, x)
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -32,20 +47,22 @@ def test_edge_padding_equals_openai_glow_explicit_border_channel():
     np.testing.assert_allclose(dynamic(x).numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("form", BORDER_FORMS)
 @pytest.mark.parametrize("use_bias", [True, False])
 @pytest.mark.parametrize("affine", [True, False])
-def test_folded_output_affine_equals_explicit_scale_and_shift(use_bias, affine):
+def test_folded_output_affine_equals_explicit_scale_and_shift(form, use_bias, affine):
     """call(x, output_scale=s, output_shift=t) == (openai/glow's conv + b) * s + t, with s, t
     folded into the weights; static and dynamic image sizes."""
     import tensorflow as tf
 
     x = random_images((2, 5, 6, 3))
-    layer = EdgePaddedConv2D(4, 3, use_bias=use_bias)
+    layer = edge_padded_conv(form, use_bias=use_bias)
+    filters = layer.filters
     layer.build(x.shape)
     perturb_weights(layer, scale=0.3)
     rng = np.random.default_rng(1)
-    scale, shift = (rng.uniform(0.5, 2.0, 4).astype("float32"),
-                    rng.normal(size=4).astype("float32")) if affine else (None, None)
+    scale, shift = (rng.uniform(0.5, 2.0, filters).astype("float32"),
+                    rng.normal(size=filters).astype("float32")) if affine else (None, None)
     expected = explicit_border_channel_conv(layer, x)
     if use_bias:
         expected = expected + keras.ops.convert_to_numpy(layer.bias)
@@ -70,3 +87,28 @@ def test_zero_conv_starts_at_zero_and_scales_by_exp_factor_logs(factor):
     expected = base * np.exp((3.0 if factor is None else factor) * logs)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected, rtol=1e-5,
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 5, 6), (3, 1, 1, 2)])
+def test_pointwise_conv_gradients_equal_autodiff_of_the_convolution(shape):
+    """`pointwise_conv`'s matrix-product gradients == TensorFlow's gradients of the 1x1 conv."""
+    import tensorflow as tf
+
+    x = tf.constant(random_images(shape, seed=4))
+    rng = np.random.default_rng(5)
+    kernel = tf.constant(rng.normal(size=(1, 1, shape[-1], 7)).astype("float32"))
+    upstream = tf.constant(rng.normal(size=shape[:3] + (7,)).astype("float32"))
+
+    def gradients(conv):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            loss = tf.reduce_sum(conv(x, kernel) * upstream)
+        return tape.gradient(loss, [x, kernel])
+
+    got = gradients(pointwise_conv)
+    expected = gradients(lambda a, w: keras.ops.conv(a, w, padding="same"))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pointwise_conv(x, kernel)),
+                               keras.ops.convert_to_numpy(keras.ops.conv(x, kernel)), atol=1e-6)
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape
+        np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-5, atol=1e-5)
