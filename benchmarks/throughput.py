@@ -86,6 +86,10 @@ def parse_args(argv=None):
                         "one per thread while each keeps >= 16384 pixels); 1 = off")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps per timed window (default: sized to --window-s)")
+    p.add_argument("--steps-per-execution", type=int, default=1,
+                   help="Keras's compile(steps_per_execution=N): N training steps per call "
+                        "of the compiled step, which saves the per-call overhead (callbacks "
+                        "then run once per N steps); windows round up to whole calls (1)")
     p.add_argument("--windows", type=int, default=5, help="timed windows; the median counts")
     p.add_argument("--window-s", type=float, default=2.0, help="target window length (s)")
     p.add_argument("--no-sample", action="store_true", help="skip the sampling measurement")
@@ -104,6 +108,8 @@ def parse_args(argv=None):
             setattr(args, key, value)
     if args.batch_shards < 0:
         p.error(f"--batch-shards must be >= 0 (0: auto, 1: off); got {args.batch_shards}.")
+    if args.steps_per_execution < 1:
+        p.error(f"--steps-per-execution must be >= 1; got {args.steps_per_execution}.")
     return args
 
 
@@ -243,11 +249,14 @@ def window_summary(rates, cpu, calls, first_call_s):
             "calls_per_window": calls, "first_call_s": round(first_call_s, 3)}
 
 
-def bench_fit(model, data, images_per_step, windows=5, window_s=2.0, steps=None):
+def bench_fit(model, data, images_per_step, windows=5, window_s=2.0, steps=None,
+              steps_per_execution=1):
     """`bench` for training: one untimed `fit` call of 2 steps (tracing), then ONE `fit` call
     of 2 warm-up steps plus `windows` windows of `steps` steps (sized to ~`window_s` s from the
     warm-up), each window timed from the end of the step before it to the end of its last
-    step. Returns `bench`'s keys, plus the first and last training loss."""
+    step. With the model compiled for `steps_per_execution` N > 1, a "step" above is a call
+    of N steps (Keras runs the callbacks once per call), and `steps` rounds up to whole calls.
+    Returns `bench`'s keys, plus the first and last training loss."""
     import keras
 
     class StepClock(keras.callbacks.Callback):
@@ -262,17 +271,21 @@ def bench_fit(model, data, images_per_step, windows=5, window_s=2.0, steps=None)
 
     t0 = time.perf_counter()
     first = StepClock()
-    model.fit(data(), epochs=1, steps_per_epoch=2, verbose=0, callbacks=[first])
+    per_call = int(steps_per_execution)
+    model.fit(data(), epochs=1, steps_per_epoch=2 * per_call, verbose=0, callbacks=[first])
     first_call_s = time.perf_counter() - t0
     if steps is None:
-        steps = max(1, int(round(window_s / max(first.wall[1] - first.wall[0], 1e-6))))
+        step_s = (first.wall[1] - first.wall[0]) / per_call
+        steps = max(1, int(round(window_s / max(step_s, 1e-6))))
+    calls = -(-steps // per_call)  # calls of the compiled step per window
+    steps = calls * per_call
     warmup = 2
     clock = StepClock()
-    model.fit(data(), epochs=1, steps_per_epoch=warmup + windows * steps, verbose=0,
-              callbacks=[clock])
+    model.fit(data(), epochs=1, steps_per_epoch=(warmup + windows * calls) * per_call,
+              verbose=0, callbacks=[clock])
     rates, cpu = [], []
     for w in range(windows):
-        start, end = warmup - 1 + w * steps, warmup - 1 + (w + 1) * steps
+        start, end = warmup - 1 + w * calls, warmup - 1 + (w + 1) * calls
         rates.append(steps * images_per_step / (clock.wall[end] - clock.wall[start]))
         cpu.append((clock.cpu[end] - clock.cpu[start]) / (steps * images_per_step))
     return {**window_summary(rates, cpu, steps, first_call_s),
@@ -331,7 +344,8 @@ def build_model(args, policy):
          ).astype("float32")
     model.initialize(x)
     jit = {"auto": "auto", "on": True, "off": False}[args.jit]
-    model.compile(optimizer=make_training_optimizer(args.optimizer), jit_compile=jit)
+    model.compile(optimizer=make_training_optimizer(args.optimizer), jit_compile=jit,
+                  steps_per_execution=args.steps_per_execution)
     return model, x
 
 
@@ -384,7 +398,8 @@ def main(argv=None):
     batch = args.batch_size
     jit = bool(model.jit_compile)
     data = training_data(x, args.backend)
-    train_stats = bench_fit(model, data, batch, args.windows, args.window_s, args.steps)
+    train_stats = bench_fit(model, data, batch, args.windows, args.window_s, args.steps,
+                            args.steps_per_execution)
     encode_stats = sample_stats = encode_fn = None
     x_tensor = ops.convert_to_tensor(x)
     if not args.no_encode:
@@ -435,6 +450,7 @@ def main(argv=None):
         "optimizer": args.optimizer,
         "threads": args.threads,
         "batch_shards": args.batch_shards,
+        "steps_per_execution": args.steps_per_execution,
         "params_all": count_params(model.weights),
         "forward_gflop_per_img": round(flops["forward"] / 1e9, 4),
         "train_gflop_per_img": round(flops["train"] / 1e9, 4),
