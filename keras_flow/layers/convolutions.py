@@ -169,13 +169,9 @@ class EdgePaddedConv2D(keras.layers.Layer):
         inside the image. So a ones channel with kernel `-W_edge` plus the per-channel bias
         `sum(W_edge)` give it, and the offset is per channel: the convolution, its offset and
         the ReLU after it run as one fused operation."""
+        kernel, offset = self.kernel, self.offset(inputs)
         if self.border_as_channel(inputs):
-            kernel = ops.concatenate([self.kernel, -self.edge_kernel], axis=2)
-            offset = ops.sum(self.edge_kernel, axis=(0, 1, 2))
-            if self.use_bias:
-                offset = offset + self.bias
-        else:
-            kernel, offset = self.kernel, self.offset(inputs)
+            kernel = ops.concatenate([kernel, -self.edge_kernel], axis=2)
         if output_scale is not None:  # (Keras casts tensor arguments to the compute dtype)
             output_scale = ops.cast(output_scale, "float32")
             kernel = kernel * output_scale
@@ -189,16 +185,20 @@ class EdgePaddedConv2D(keras.layers.Layer):
 
     def offset(self, inputs):
         """The part of the outputs that does not depend on the input values, float32: the
-        border term plus the bias, `(1, H, W, filters)` (or `(filters,)` without edge
-        padding; None without either)."""
+        border term plus the bias, `(1, H, W, filters)`; `(filters,)` when the border runs as a
+        ones channel (its constant part `sum(W_edge)`) or without edge padding; None without
+        either."""
         offset = self.bias if self.use_bias else None
         if not self.edge_padding:
             return offset
-        k = self.kernel_size
-        shape = ops.shape(inputs)
-        border = ops.reshape(
-            ops.matmul(border_patches(inputs, k), ops.reshape(self.edge_kernel, (k * k, -1))),
-            (1, shape[1], shape[2], self.filters))
+        if self.border_as_channel(inputs):
+            border = ops.sum(self.edge_kernel, axis=(0, 1, 2))
+        else:
+            k, shape = self.kernel_size, ops.shape(inputs)
+            border = ops.reshape(
+                ops.matmul(border_patches(inputs, k),
+                           ops.reshape(self.edge_kernel, (k * k, -1))),
+                (1, shape[1], shape[2], self.filters))
         return border if offset is None else border + offset
 
     def compute_output_shape(self, input_shape):
