@@ -90,3 +90,32 @@ def test_inverse_is_finite_when_the_scale_vanishes():
     x_back, _ = layer(y, inverse=True)
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(x_back)))
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(log_det)))
+
+
+@pytest.mark.parametrize("log_scale_clip", [15.0, 4.0, None])
+def test_sigmoid_scale_matches_the_log_sigmoid_formula(log_scale_clip):
+    """The sigmoid coupling computes `scale = max(sigmoid(raw + 2), exp(-clip))` and its log;
+    the reference is openai/glow's formula in log space, `clip(log_sigmoid(raw + 2))`, with
+    raw values spread so that the clip acts on some of them."""
+    x = random_images((2, 4, 4, 4))
+    layer = AffineCoupling(hidden_width=8, log_scale_clip=log_scale_clip)
+    layer(x)
+    rng = np.random.default_rng(3)
+    conv_out = layer.network.conv_out
+    for weight in (conv_out.kernel, conv_out.edge_kernel, conv_out.bias):
+        weight.assign(rng.normal(0.0, 10.0, weight.shape).astype("float32"))
+    y, log_det = (keras.ops.convert_to_numpy(v) for v in layer(x))
+    h = keras.ops.convert_to_numpy(layer.network(x[..., :2])).astype("float64")
+    shift, raw = h[..., 0::2], h[..., 1::2]
+    log_scale = -np.logaddexp(0.0, -(raw + 2.0))
+    if log_scale_clip is not None:
+        assert (log_scale < -log_scale_clip).any() and (log_scale > -log_scale_clip).any()
+        log_scale = np.maximum(log_scale, -log_scale_clip)
+    expected = (x[..., 2:] + shift) * np.exp(log_scale)
+    np.testing.assert_allclose(y[..., :2], x[..., :2])
+    np.testing.assert_allclose(y[..., 2:], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(log_det, log_scale.sum(axis=(1, 2, 3)), rtol=1e-5)
+    x_back, inverse_log_det = (keras.ops.convert_to_numpy(v)
+                               for v in layer(layer(x)[0], inverse=True))
+    np.testing.assert_allclose(x_back, x, atol=1e-4)
+    np.testing.assert_allclose(inverse_log_det, -log_det, rtol=1e-6)
