@@ -389,6 +389,8 @@ def main(argv=None):
     import numpy as np
     from keras import ops
 
+    from keras_flow.cpu_features import native_bfloat16
+
     rss_after_import = current_rss_mb()
     policy = POLICIES[args.mixed_precision]
     peak = args.peak_gflops
@@ -441,6 +443,7 @@ def main(argv=None):
         "sample_img_s": sample_stats and sample_stats["img_s"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
         "device": accelerator(args.backend) or platform.processor() or "cpu",
+        "cpu_native_bfloat16": native_bfloat16(),
         "device_peak_mb": device_memory_mb(args.backend)[0],
         "device_limit_mb": device_memory_mb(args.backend)[1],
         "config": config,

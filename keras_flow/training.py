@@ -36,12 +36,14 @@ import math
 import re
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from keras_flow import callbacks as flow_callbacks
+from keras_flow import cpu_features
 from keras_flow import cpu_threads
 from keras_flow import files
 from keras_flow import interrupts
@@ -210,6 +212,7 @@ def train(config):
     started = time.monotonic()
     config = resolve_config(config)
     cores = start_threads(config)
+    warn_about_precision(config)
     # The strategy comes first: multi-worker collectives must be configured before TF runs ops.
     strategy = start_strategy(config)
     shared, out = output_folders(config, strategy)
@@ -244,6 +247,18 @@ def start_threads(config):
         return 1
     cores = cpu_threads.cpu_cores()
     return cores if cpu_threads.set_threads(cores) else 1
+
+
+def warn_about_precision(config):
+    """Warns when `config.mixed_precision` is bf16 on a CPU-only machine without bfloat16
+    matrix instructions, where it runs slower than float32 (`keras_flow.cpu_features`).
+    Returns the warning text, or None."""
+    if config.mixed_precision != "bf16" or cpu_threads.has_gpu():
+        return None
+    message = cpu_features.bfloat16_warning()
+    if message:
+        warnings.warn(message, stacklevel=2)
+    return message
 
 
 def resolve_batch_shards(config, data, cores):
