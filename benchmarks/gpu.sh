@@ -72,6 +72,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, "benchmarks")
+from memory_rules import fitting_batch, fixed_bytes  # noqa: E402
+
 START, DEADLINE = time.time(), float(os.environ["DEADLINE_S"])
 BACKEND = os.environ["BACKEND"]
 CIFAR10 = ["--image-size", "32", "--channels", "3", "--levels", "3", "--depth", "32",
@@ -133,14 +136,16 @@ def cell(value, fmt="%.1f"):
 
 def largest_batch(rows):
     """The largest cifar10-preset batch that trains in bf16: extrapolates the device memory of
-    batch 64 (less weights, gradients and Adam's two moments), tries that batch, then half."""
+    batch 64 (less weights, gradients and Adam's two moments: benchmarks/memory_rules.py), tries
+    that batch, then half."""
     base = next((r for r in rows if r["label"] == "cifar10" and
                  r.get("policy") == "mixed_bfloat16" and r.get("device_peak_mb")), None)
     if not (base and base.get("device_limit_mb")):
         return "not measured (needs the cifar10-bf16 row on a GPU, JAX backend)"
-    fixed_mb = 4 * base["params_all"] * 4 / 2 ** 20
-    per_image_mb = max((base["device_peak_mb"] - fixed_mb) / 64, 1e-3)
-    guess = int((0.9 * base["device_limit_mb"] - fixed_mb) / per_image_mb) // 64 * 64
+    mib = 2 ** 20
+    fixed = fixed_bytes(base["params_all"], base["params"])
+    per_image = max((base["device_peak_mb"] * mib - fixed) / 64, 1.0)
+    guess = fitting_batch(base["device_limit_mb"] * mib, fixed, per_image) // 64 * 64
     result = "not measured"
     for batch in (guess, guess // 2):
         if batch < 64:

@@ -36,8 +36,11 @@ import dataclasses
 import gc
 import json
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import keras  # noqa: E402
 
@@ -46,10 +49,12 @@ from keras_flow import RealNVP  # noqa: E402
 from keras_flow.models import GLOW_PRESETS  # noqa: E402
 from keras_flow.models import REALNVP_PRESETS  # noqa: E402
 from keras_flow.models.presets import preset_config  # noqa: E402
+from memory_rules import GIB  # noqa: E402
+from memory_rules import USABLE  # noqa: E402
+from memory_rules import fitting_batch  # noqa: E402
+from memory_rules import fixed_bytes  # noqa: E402
 
-GIB = 2 ** 30
 DEVICE_GIB = (16, 40, 80)
-USABLE = 0.9  # of the device memory; the rest: CUDA context, workspaces, fragmentation
 
 RULES = """\
 Kept for the backward pass, per image, per step of flow at h x w x c (hidden width m):
@@ -178,17 +183,6 @@ def realnvp_activations(config):
 
 # --- what fits -----------------------------------------------------------------------------
 
-def fixed_bytes(total, trainable, ema=False, remat=False):
-    """Weights (float32) + gradients + two optimizer slots (+ EMA, + remat's extra set) of the
-    trainable ones."""
-    return 4 * total + (12 + 4 * ema + 4 * remat) * trainable
-
-
-def largest_batch(device_gib, fixed, per_image):
-    free = USABLE * device_gib * GIB - fixed
-    return max(0, int(free // per_image))
-
-
 def preset_figures(model_class, name, preset, ema=False):
     config = preset_config(GLOW_PRESETS if model_class is Glow else REALNVP_PRESETS, name, {})
     total, trainable = parameter_counts(model_class, config)
@@ -200,7 +194,7 @@ def preset_figures(model_class, name, preset, ema=False):
                      remat=None if remat is None else remat.bytes(4))
     fixed = fixed_bytes(total, trainable, ema)
     batches = {mode: None if size is None else [
-        largest_batch(g, fixed_bytes(total, trainable, ema, mode == "remat"), size)
+        fitting_batch(g * GIB, fixed_bytes(total, trainable, ema, mode == "remat"), size)
         for g in DEVICE_GIB] for mode, size in per_image.items()}
     return dict(model=model_class.__name__, preset=name, image_shape=preset["image_shape"],
                 parameters=total, trainable=trainable, fixed_bytes=fixed,

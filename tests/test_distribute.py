@@ -339,3 +339,18 @@ def test_memory_guide_counts_parameters_exactly(model_class, config):
     model = model_class(**config)
     assert total == model.count_params()
     assert trainable == sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+def test_memory_rules_fill_the_usable_memory_and_no_more():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import memory_rules as rules
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    fixed = rules.fixed_bytes(total=1_000_000, trainable=900_000)
+    assert fixed == 4 * 1_000_000 + 12 * 900_000
+    assert rules.fixed_bytes(10, 10, ema=True, remat=True) == 4 * 10 + 20 * 10
+    device, per_image = 16 * rules.GIB, 45.3 * 2 ** 20
+    batch = rules.fitting_batch(device, fixed, per_image)
+    assert fixed + batch * per_image <= rules.USABLE * device < fixed + (batch + 1) * per_image
+    assert rules.fitting_batch(2 ** 20, fixed, per_image) == 0
