@@ -98,11 +98,18 @@ def table(records, peak):
                  else 100.0 * med["train_img_s"] * flops["train"] / (peak * 1e9))
         lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | {:,} | %s | %d |".format(
             rows[0]["params"]) % (
-            workload, peer, policy, train, ratio(med, fastest, workload, "train_img_s", peer),
+            workload, peer, precision_label(policy, rows), train, ratio(med, fastest, workload, "train_img_s", peer),
             fmt(med["encode_img_s"]), ratio(med, fastest, workload, "encode_img_s", peer),
             fmt(med["sample_img_s"]), fmt(share, "%.1f%%"), fmt(med["peak_rss_mb"], "%.0f"),
             len(rows)))
     return "\n".join(lines)
+
+
+def precision_label(policy, rows):
+    """The policy, marked where a bfloat16 run on a CPU had no bfloat16 instructions
+    (`cpu_native_bfloat16` false: emulated, slower than float32; keras_flow.cpu_features)."""
+    emulated = "bfloat16" in policy and any(r.get("cpu_native_bfloat16") is False for r in rows)
+    return policy + " (emulated: no bf16 instructions)" if emulated else policy
 
 
 def ratio(med, fastest, workload, metric, peer):

@@ -443,7 +443,7 @@ def main(argv=None):
         "sample_img_s": sample_stats and sample_stats["img_s"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
         "device": accelerator(args.backend) or platform.processor() or "cpu",
-        "cpu_native_bfloat16": native_bfloat16(),
+        "cpu_native_bfloat16": None if accelerator(args.backend) else native_bfloat16(),
         "device_peak_mb": device_memory_mb(args.backend)[0],
         "device_limit_mb": device_memory_mb(args.backend)[1],
         "config": config,
