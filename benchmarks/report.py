@@ -98,7 +98,8 @@ def table(records, peak):
                  else 100.0 * med["train_img_s"] * flops["train"] / (peak * 1e9))
         lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | {:,} | %s | %d |".format(
             rows[0]["params"]) % (
-            workload, peer, precision_label(policy, rows), train, ratio(med, fastest, workload, "train_img_s", peer),
+            workload, peer, precision_label(policy, rows), train,
+            ratio(med, fastest, workload, "train_img_s", peer),
             fmt(med["encode_img_s"]), ratio(med, fastest, workload, "encode_img_s", peer),
             fmt(med["sample_img_s"]), fmt(share, "%.1f%%"), fmt(med["peak_rss_mb"], "%.0f"),
             len(rows)))

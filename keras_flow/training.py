@@ -250,10 +250,11 @@ def start_threads(config):
 
 
 def warn_about_precision(config):
-    """Warns when `config.mixed_precision` is bf16 on a CPU-only machine without bfloat16
-    matrix instructions, where it runs slower than float32 (`keras_flow.cpu_features`).
-    Returns the warning text, or None."""
-    if config.mixed_precision != "bf16" or cpu_threads.has_gpu():
+    """Warns when `config.mixed_precision` is bf16 on a CPU-only machine (no GPU, no TPU
+    strategy) without bfloat16 matrix instructions, where it runs slower than float32
+    (`keras_flow.cpu_features`). Returns the warning text, or None."""
+    if (config.mixed_precision != "bf16" or config.strategy == "tpu"
+            or cpu_threads.has_gpu()):
         return None
     message = cpu_features.bfloat16_warning()
     if message:

@@ -39,16 +39,17 @@ def test_no_cpuinfo_means_unknown_and_no_warning(tmp_path):
     assert cpu_features.bfloat16_warning(missing) is None
 
 
-@pytest.mark.parametrize("extra, precision, warns", [
-    ("avx512_vnni", "bf16", True),
-    ("amx_bf16", "bf16", False),
-    ("avx512_vnni", "off", False),
+@pytest.mark.parametrize("extra, precision, strategy, warns", [
+    ("avx512_vnni", "bf16", "default", True),
+    ("amx_bf16", "bf16", "default", False),
+    ("avx512_vnni", "off", "default", False),
+    ("avx512_vnni", "bf16", "tpu", False),
 ])
 def test_training_warns_about_emulated_bfloat16(tmp_path, monkeypatch, extra, precision,
-                                                warns):
+                                                strategy, warns):
     monkeypatch.setattr(cpu_features, "CPUINFO", cpuinfo(tmp_path, X86.format(extra=extra)))
     monkeypatch.setattr(training.cpu_threads, "has_gpu", lambda: False)
-    config = training.TrainConfig(mixed_precision=precision)
+    config = training.TrainConfig(mixed_precision=precision, strategy=strategy)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         message = training.warn_about_precision(config)
