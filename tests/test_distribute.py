@@ -4,7 +4,6 @@ The strategy tests run in fresh processes (tests/distribute_worker.py): logical 
 must be configured before TensorFlow initialises, and each multi-worker worker is a process.
 """
 
-import importlib.util
 import json
 import os
 import signal
@@ -24,6 +23,7 @@ from keras_flow import distribute
 from keras_flow.layers.flow_step import FlowStep
 from tests.flow_checks import perturb_weights
 from tests.flow_checks import preprocessed_images
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distribute_worker.py"
@@ -318,14 +318,6 @@ def test_remat_is_serialised():
 
 # --- the memory guide's parameter counts -----------------------------------------------------
 
-def load_memory_guide():
-    spec = importlib.util.spec_from_file_location(
-        "memory_guide", ROOT / "benchmarks" / "memory_guide.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("model_class, config", [
     (keras_flow.Glow, dict(levels=2, depth=3, hidden_width=16, image_shape=(8, 8, 3))),
     (keras_flow.Glow, dict(levels=3, depth=2, hidden_width=8, image_shape=(16, 16, 1),
@@ -334,7 +326,7 @@ def load_memory_guide():
                               image_shape=(8, 8, 3))),
 ])
 def test_memory_guide_counts_parameters_exactly(model_class, config):
-    guide = load_memory_guide()
+    guide = load_script("benchmarks/memory_guide.py")
     total, trainable = guide.parameter_counts(model_class, config)
     model = model_class(**config)
     assert total == model.count_params()
@@ -342,11 +334,7 @@ def test_memory_guide_counts_parameters_exactly(model_class, config):
 
 
 def test_memory_rules_fill_the_usable_memory_and_no_more():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import memory_rules as rules
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    rules = load_script("benchmarks/memory_rules.py")
     fixed = rules.fixed_bytes(total=1_000_000, trainable=900_000)
     assert fixed == 4 * 1_000_000 + 12 * 900_000
     assert rules.fixed_bytes(10, 10, ema=True, remat=True) == 4 * 10 + 20 * 10

@@ -6,7 +6,6 @@ Bad inputs are checked twice, through the CLI (`train.py`'s `main` in this proce
 exception type and message). Argument errors stop before any data is loaded or model built.
 """
 
-import importlib.util
 import json
 import os
 import signal
@@ -30,23 +29,17 @@ from keras_flow import numerics
 from keras_flow import training
 from keras_flow.saved_model import FlowEndpoints
 from tests.flow_checks import preprocessed_images
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--levels", "1", "--depth", "1", "--hidden-width", "8", "--init-batch-size", "64",
         "--num-samples", "4", "--temperatures", "0.7"]
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _cli(argv, capsys):
     """`(exit status, stderr)` of `train.py argv`, run in this process."""
     try:
-        code = _load_cli().main(argv)
+        code = load_script("train.py").main(argv)
     except SystemExit as exit_info:
         code = exit_info.code
     return code, capsys.readouterr().err

@@ -1,17 +1,8 @@
 """benchmarks/report.py: the table that lines keras_flow up beside the peers."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_report():
-    spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.scripts import load_script
 
 
 def record(peer, policy, train, native=None):
@@ -30,7 +21,7 @@ def test_ratios_and_the_emulated_bfloat16_mark(tmp_path, capsys):
         record("keras_flow", "mixed_bfloat16", 50.0, native=False),
         record("keras_flow", "mixed_bfloat16", 300.0, native=True) | {"workload": "W2"},
     ]) + "\n")
-    load_report().main([str(results), "--peak-gflops", "300"])
+    load_script("benchmarks/report.py").main([str(results), "--peak-gflops", "300"])
     rows = {tuple(cell.strip() for cell in line.split("|")[1:4]): line
             for line in capsys.readouterr().out.splitlines() if line.startswith("| W")}
     ours = "keras_flow"

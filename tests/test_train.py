@@ -1,6 +1,5 @@
 """train.py and keras_flow.training: outputs, CLI errors, the optimiser, resuming a killed run."""
 
-import importlib.util
 import json
 import math
 import os
@@ -22,6 +21,7 @@ from keras_flow.optimizers import FusedAdam
 from keras_flow.optimizers import GlowAdamax
 from keras_flow.optimizers import LinearWarmup
 from keras_flow.optimizers import make_optimizer
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--levels", "1", "--depth", "1", "--hidden-width", "8", "--init-batch-size", "64",
@@ -30,13 +30,6 @@ OUTPUTS = ["config.json", "checkpoints/state.json", "model.keras", "metrics.json
            "history.json", "bits_per_dim.png", "best.json", "best.weights.npz",
            "samples_T0.7.png", "samples/epoch_0001_T0.png", "samples/epoch_0001_T1.png",
            "export/saved_model.pb"]
-
-
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run_cli(args, timeout=240):
@@ -264,7 +257,7 @@ def test_finished_or_different_output_folder_is_refused(tmp_path):
 # --- CLI -----------------------------------------------------------------------------------
 
 def test_help_documents_every_option(capsys):
-    cli = _load_cli()
+    cli = load_script("train.py")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--help"])
     assert exit_info.value.code == 0
@@ -285,7 +278,7 @@ def test_help_documents_every_option(capsys):
     (["--batch-shards", "-1"], "batch_shards must be >= 0"),
 ])
 def test_bad_flags_give_one_line_error_and_exit_2(args, keyword, capsys):
-    cli = _load_cli()
+    cli = load_script("train.py")
     try:
         code = cli.main(args)
     except SystemExit as exit_info:
