@@ -3,8 +3,8 @@
 `mixed_bfloat16` pays off on a CPU only where oneDNN's bfloat16 matrix products run on bfloat16
 instructions: AMX-BF16 or AVX512-BF16 on x86 (Xeon Sapphire Rapids and newer), the BF16
 extension on Arm. Without them bfloat16 is emulated and runs slower than float32: on a 2-core
-Xeon VM whose CPU exposes neither (BENCHMARKS.md), a 2048^2 bfloat16 matmul ran at 41 GFLOP/s
-against 310 in float32, and W1 trained about 3x slower in bfloat16 than in float32.
+Xeon VM whose CPU exposes neither, W1 trained at 65-66 images/s in bfloat16 against 197-213 in
+float32 (benchmarks/compare_peers.sh; BENCHMARKS.md).
 """
 
 CPUINFO = "/proc/cpuinfo"
