@@ -1,12 +1,17 @@
-"""Markdown table of throughput JSON lines: keras_flow's (benchmarks/throughput.py) beside the
+"""Markdown tables of throughput JSON lines: keras_flow's (benchmarks/throughput.py) beside the
 peers' (../shared/peers/run.sh), with ratios to the fastest peer and fractions of the peak.
 
     python benchmarks/report.py RESULTS.jsonl [MORE.jsonl ...] [--peak-gflops 350]
 
-Lines with the same implementation, precision and workload are merged (median of each
-metric); the train column then shows the range. Ratios compare each keras_flow row with the
-fastest peer's float32 figure of the same workload. The peak is the float32 matmul GFLOP/s
-of the peers' `limit` line (numpy / PyTorch), else of keras_flow's own measurement.
+The first table merges the lines with the same implementation, precision and workload (median
+of each metric; the train column then shows the range) and compares each keras_flow row with
+the fastest peer's float32 figure of the same workload. The second pairs the figures of each
+repeat: keras_flow's over the fastest peer's float32 figure of the same repeat and workload,
+one ratio per repeat and their median (the peers' speed moves between repeats, so only
+figures measured minutes apart are compared). Repeats start at `{"repeat": n}` lines
+(compare_peers.sh writes one per repeat), or, in files without them, at each peers' `limit`
+line; every file starts a new one. The peak is the float32 matmul GFLOP/s of the peers'
+`limit` line (numpy / PyTorch), else of keras_flow's own measurement.
 """
 
 import argparse
@@ -20,21 +25,40 @@ from throughput import WORKLOADS  # noqa: E402
 from throughput import glow_flops  # noqa: E402
 
 METRICS = ("train_img_s", "encode_img_s", "sample_img_s", "peak_rss_mb")
+PAIRED_METRICS = ("train_img_s", "encode_img_s", "sample_img_s")
 
 
 def read_records(paths):
-    """`(records, peaks)`: throughput records and the peak GFLOP/s of any `limit` lines."""
-    records, peaks = [], []
+    """`(records, peaks)`: throughput records, each with the number of its repeat (1, 2, ...
+    over all the files) under `"repeat"`, and the peak GFLOP/s of any `limit` lines."""
+    records, peaks, number = [], [], 0
     for path in paths:
-        for line in Path(path).read_text().splitlines():
-            if not line.startswith("{"):
-                continue
-            record = json.loads(line)
-            if "limit" in record:
-                peaks.append((record.get("peak") or {}).get("peak_gflops"))
-            elif record.get("peer") and not record.get("error"):
-                records.append(record)
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines()
+                if line.startswith("{")]
+        for repeat in split_repeats(rows):
+            number += 1
+            for row in repeat:
+                if "limit" in row:
+                    peaks.append((row.get("peak") or {}).get("peak_gflops"))
+                elif row.get("peer") and not row.get("error"):
+                    records.append(dict(row, repeat=number))
     return records, [p for p in peaks if p]
+
+
+def is_repeat_marker(row):
+    return "repeat" in row and "peer" not in row
+
+
+def split_repeats(rows):
+    """The rows of one results file cut into repeats: at the `{"repeat": n}` markers, or, in a
+    file without any, at each peers' `limit` line (one per repeat in older files)."""
+    marked = any(is_repeat_marker(row) for row in rows)
+    repeats = []
+    for row in rows:
+        if not repeats or (is_repeat_marker(row) if marked else "limit" in row):
+            repeats.append([])
+        repeats[-1].append(row)
+    return repeats
 
 
 def our_config(record):
@@ -106,6 +130,42 @@ def table(records, peak):
     return "\n".join(lines)
 
 
+def paired_ratios(records):
+    """`{(workload, implementation, policy, metric): [ratio, ...]}`, in the order of the
+    repeats: each keras_flow figure over the fastest peer's float32 figure of the same repeat
+    and workload (repeats without a peer's figure give none)."""
+    repeats = {}
+    for record in records:
+        repeats.setdefault((record["repeat"], record.get("workload") or "custom"),
+                           []).append(record)
+    ratios = {}
+    for (_, workload), rows in sorted(repeats.items()):
+        peers = [r for r in rows if not is_ours(r["peer"]) and r.get("policy", "float32") ==
+                 "float32"]
+        for metric in PAIRED_METRICS:
+            best = max((r[metric] for r in peers if r.get(metric)), default=None)
+            for record in rows:
+                if best and is_ours(record["peer"]) and record.get(metric):
+                    key = (workload, implementation(record), record.get("policy", "float32"),
+                           metric)
+                    ratios.setdefault(key, []).append(record[metric] / best)
+    return ratios
+
+
+def paired_table(records):
+    groups = group(records)
+    lines = ["| workload | implementation | precision | metric | ratio to the fastest peer, "
+             "repeat by repeat | median |", "|---|---|---|---|---|---:|"]
+    rows = sorted(paired_ratios(records).items(),
+                  key=lambda item: item[0][:3] + (PAIRED_METRICS.index(item[0][3]),))
+    for (workload, peer, policy, metric), ratios in rows:
+        lines.append("| %s | %s | %s | %s | %s | **%.2fx** |" % (
+            workload, peer, precision_label(policy, groups[(workload, peer, policy)]),
+            metric[:-len("_img_s")], ", ".join("%.2f" % value for value in ratios),
+            statistics.median(ratios)))
+    return "\n".join(lines)
+
+
 def precision_label(policy, rows):
     """The policy, marked where a bfloat16 run on a CPU had no bfloat16 instructions
     (`cpu_native_bfloat16` false: emulated, slower than float32; keras_flow.cpu_features)."""
@@ -136,6 +196,9 @@ def main(argv=None):
     peak = args.peak_gflops or median(peaks) or median(ours)
     print("float32 matmul peak: %s GFLOP/s\n" % fmt(peak, "%.0f"))
     print(table(records, peak))
+    if paired_ratios(records):
+        print("\nRepeat by repeat (each ratio within one repeat):\n")
+        print(paired_table(records))
 
 
 if __name__ == "__main__":
