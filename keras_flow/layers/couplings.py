@@ -114,12 +114,12 @@ class Coupling(FlowLayer):
         given, changed, unchanged, active = self._split(inputs)
         shift, scale, log_scale = self.shift_and_scale(self.network(given))
         shift = ops.cast(shift, "float32")
-        if active is not None:
+        if active is not None:  # the given pixels pass through: shift 0, scale 1
             active = ops.cast(active, "float32")
             shift = shift * active
             if log_scale is not None:
                 log_scale = log_scale * active
-                scale = ops.exp(log_scale)
+                scale = ops.where(active > 0.5, scale, 1.0)
         return changed, unchanged, shift, scale, log_scale
 
     def forward(self, inputs):
