@@ -1,0 +1,60 @@
+"""benchmarks/ab_versions.py: the revision's package exported beside the working tree's."""
+
+import re
+import sys
+import types
+
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_flow
+from tests.scripts import load_script
+
+
+@pytest.fixture()
+def ab():
+    return load_script("benchmarks/ab_versions.py")
+
+
+def test_the_exported_revision_is_a_separate_package_computing_the_same(ab, tmp_path):
+    package = ab.export_base("HEAD", tmp_path)
+    sources = [path.read_text() for path in package.rglob("*.py")]
+    assert sources and not any(re.search(r"\bkeras_flow\b", text) for text in sources)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import keras_flow_base
+
+        assert keras_flow_base.Glow is not keras_flow.Glow
+        args = types.SimpleNamespace(levels=2, depth=1, hidden_width=8, batch_shards=1)
+        x = (np.random.default_rng(0).random((4, 8, 8, 1)) - 0.5).astype("float32")
+        base, tree = ab.build(keras_flow_base, args, x), ab.build(keras_flow, args, x)
+        initial = ops.convert_to_numpy(tree.bits_per_dim(x))
+        assert ab.move_weights([base, tree])
+        bits = [ops.convert_to_numpy(model.bits_per_dim(x)) for model in (base, tree)]
+        np.testing.assert_array_equal(bits[0], bits[1])
+        assert np.max(np.abs(bits[1] - initial)) > 1e-3  # the weights did move
+        other = keras_flow.Glow(levels=2, depth=1, hidden_width=4, image_shape=(8, 8, 1))
+        other.initialize(x)
+        assert not ab.move_weights([tree, other])  # different variables: no comparison
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [name for name in sys.modules if name.startswith("keras_flow_base")]:
+            del sys.modules[name]
+
+
+def test_an_unknown_revision_is_a_clear_error(ab, tmp_path):
+    with pytest.raises(ValueError, match="revision 'no-such-revision'.*commit, branch or tag"):
+        ab.export_base("no-such-revision", tmp_path)
+
+
+def test_speedup_is_the_geometric_mean_of_the_processes_medians(ab):
+    def line(order, median):
+        return {"measure": "encode", "order": order, "base_ms": 10.0, "tree_ms": 9.0,
+                "ratio": {"median": median, "quartiles": [median - 0.1, median + 0.1]},
+                "max_abs_bpd_diff": 0.0}
+
+    [record] = ab.combine("HEAD~1", "W1", "float32",
+                          [line("base-first", 1.21), line("tree-first", 1.0)])
+    assert record["speedup"] == pytest.approx(1.1)
+    assert [p["order"] for p in record["processes"]] == ["base-first", "tree-first"]
