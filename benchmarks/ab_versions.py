@@ -76,8 +76,12 @@ def export_base(revision, destination):
     """Writes keras_flow as of `revision` to `destination/keras_flow_base`, every reference
     to the package renamed (imports and the Keras serialisation package, so the two versions'
     registered classes do not replace each other). Returns that folder."""
-    result = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "keras_flow"],
-                            capture_output=True)
+    try:
+        result = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "keras_flow"],
+                                capture_output=True)
+    except FileNotFoundError:
+        raise ValueError("ab_versions.py needs git (and this repository's history) to export "
+                         "the base revision; install git.") from None
     if result.returncode:
         raise ValueError(
             f"Cannot export keras_flow at revision {revision!r}: "
