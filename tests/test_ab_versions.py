@@ -20,6 +20,12 @@ def has_history(root):
         capture_output=True).returncode == 0
 
 
+def tree_is_head(root):
+    """Whether the working tree's keras_flow is HEAD's (no uncommitted change to it)."""
+    return subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD", "--",
+                           "keras_flow"]).returncode == 0
+
+
 @pytest.fixture()
 def ab_with_git():
     module = load_script("benchmarks/ab_versions.py")
@@ -44,8 +50,9 @@ def test_the_exported_revision_is_a_separate_package_computing_the_same(ab_with_
         initial = ops.convert_to_numpy(tree.bits_per_dim(x))
         assert ab.move_weights([base, tree])
         bits = [ops.convert_to_numpy(model.bits_per_dim(x)) for model in (base, tree)]
-        np.testing.assert_array_equal(bits[0], bits[1])
         assert np.max(np.abs(bits[1] - initial)) > 1e-3  # the weights did move
+        if tree_is_head(ab.ROOT):  # else the uncommitted change may change the values
+            np.testing.assert_array_equal(bits[0], bits[1])
         other = keras_flow.Glow(levels=2, depth=1, hidden_width=4, image_shape=(8, 8, 1))
         other.initialize(x)
         assert not ab.move_weights([tree, other])  # different variables: no comparison
