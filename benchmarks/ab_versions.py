@@ -59,7 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--workload", default="W1", choices=sorted(throughput.WORKLOADS))
     p.add_argument("--mixed-precision", default="off", choices=sorted(throughput.POLICIES))
     p.add_argument("--measure", nargs="+", default=["encode", "train"], choices=MEASURES)
-    p.add_argument("--rounds", type=int, default=20, help="rounds per build order (20)")
+    p.add_argument("--rounds", type=int, default=20, help="rounds of calls per process (20)")
     p.add_argument("--calls", type=int, default=5, help="calls per version and round (5)")
     p.add_argument("--processes", type=int, default=4,
                    help="processes, building the versions in alternating order (4)")
@@ -104,7 +104,7 @@ def ratio_summary(ratios):
             "quartiles": [round(quartiles[0], 4), round(quartiles[2], 4)]}
 
 
-# --- one build order, in this process ----------------------------------------------------
+# --- one process: both versions, one of them built first -----------------------------------
 def build(package, args, x):
     """A Glow of the workload from `package`, initialised on `x`."""
     random.seed(0)  # Keras's unseeded initialisers draw from Python's generator
