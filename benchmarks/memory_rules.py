@@ -1,6 +1,6 @@
-"""The memory rules that benchmarks/memory_guide.py (per preset, computed) and benchmarks/gpu.sh
-(the largest batch, from a measured one) share. Pure Python: gpu.sh runs it on machines with
-no TensorFlow, before Keras is imported.
+"""The memory rules that benchmarks/memory_guide.py (per preset, computed) and
+benchmarks/gpu_rows.py (gpu.sh's largest batch, from a measured one) share. Pure Python:
+gpu.sh runs it on machines with no TensorFlow, before Keras is imported.
 
 A training step holds a fixed part (float32 weights, their gradients, the two Adam/Adamax
 slots: 16 bytes per trainable parameter and 4 per non-trainable one; mixed precision keeps
