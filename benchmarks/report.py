@@ -153,10 +153,14 @@ def paired_ratios(records):
 
 
 def paired_table(records):
+    """The repeat-by-repeat table, or "" when no repeat has both a peer's and our figure."""
+    ratios = paired_ratios(records)
+    if not ratios:
+        return ""
     groups = group(records)
     lines = ["| workload | implementation | precision | metric | ratio to the fastest peer, "
              "repeat by repeat | median |", "|---|---|---|---|---|---:|"]
-    rows = sorted(paired_ratios(records).items(),
+    rows = sorted(ratios.items(),
                   key=lambda item: item[0][:3] + (PAIRED_METRICS.index(item[0][3]),))
     for (workload, peer, policy, metric), ratios in rows:
         lines.append("| %s | %s | %s | %s | %s | **%.2fx** |" % (
@@ -196,9 +200,10 @@ def main(argv=None):
     peak = args.peak_gflops or median(peaks) or median(ours)
     print("float32 matmul peak: %s GFLOP/s\n" % fmt(peak, "%.0f"))
     print(table(records, peak))
-    if paired_ratios(records):
+    paired = paired_table(records)
+    if paired:
         print("\nRepeat by repeat (each ratio within one repeat):\n")
-        print(paired_table(records))
+        print(paired)
 
 
 if __name__ == "__main__":

@@ -434,6 +434,8 @@ def main(argv=None):
             return None
         return round(stats["img_s"] * flops[kind] / (peak * 1e9), 4)
 
+    device = accelerator(args.backend)
+    device_peak_mb, device_limit_mb = device_memory_mb(args.backend)
     record = {
         "peer": "keras_flow",
         "workload": args.workload,
@@ -442,10 +444,10 @@ def main(argv=None):
         "encode_img_s": encode_stats and encode_stats["img_s"],
         "sample_img_s": sample_stats and sample_stats["img_s"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
-        "device": accelerator(args.backend) or platform.processor() or "cpu",
-        "cpu_native_bfloat16": None if accelerator(args.backend) else native_bfloat16(),
-        "device_peak_mb": device_memory_mb(args.backend)[0],
-        "device_limit_mb": device_memory_mb(args.backend)[1],
+        "device": device or platform.processor() or "cpu",
+        "cpu_native_bfloat16": None if device else native_bfloat16(),
+        "device_peak_mb": device_peak_mb,
+        "device_limit_mb": device_limit_mb,
         "config": config,
         "backend": args.backend,
         "policy": policy,
