@@ -30,7 +30,6 @@ import io
 import json
 import math
 import os
-import random
 import re
 import statistics
 import subprocess
@@ -105,15 +104,6 @@ def ratio_summary(ratios):
 
 
 # --- one process: both versions, one of them built first -----------------------------------
-def build(package, args, x):
-    """A Glow of the workload from `package`, initialised on `x`."""
-    random.seed(0)  # Keras's unseeded initialisers draw from Python's generator
-    model = package.Glow(levels=args.levels, depth=args.depth, hidden_width=args.hidden_width,
-                         seed=0, batch_shards=args.batch_shards, image_shape=x.shape[1:])
-    model.initialize(x)
-    return model
-
-
 def move_weights(models, seed=1, scale=0.01):
     """The same small noise on every model's trainable weights (the zero convolutions become
     non-zero, so the bits/dim comparison covers the couplings); False if their weights do not
@@ -161,12 +151,10 @@ def run_order(args):
     import keras_flow_base
 
     keras.config.set_dtype_policy(throughput.POLICIES[args.mixed_precision])
-    x = (np.random.default_rng(0).random(
-        (args.batch_size, args.image_size, args.image_size, args.channels)) - 0.5
-         ).astype("float32")
+    x = throughput.workload_batch(args)
     names = ["base", "tree"] if args.order == "base-first" else ["tree", "base"]
     packages = {"base": keras_flow_base, "tree": keras_flow}
-    models = {name: build(packages[name], args, x) for name in names}
+    models = {name: throughput.initialized_glow(args, x, packages[name]) for name in names}
     same_weights = move_weights([models["base"], models["tree"]])
     bpd_diff = None
     if same_weights:
@@ -241,11 +229,9 @@ def main(argv=None):
     if args.order is None:
         run_processes(args, argv)
         return
-    shape = throughput.parse_args(["--workload", args.workload])
-    for key in ("image_size", "channels", "levels", "depth", "hidden_width", "batch_size",
-                "threads", "batch_shards", "backend"):
-        setattr(args, key, getattr(shape, key))
-    run_order(args)
+    workload = vars(throughput.parse_args(["--workload", args.workload]))
+    workload.update(vars(args))  # throughput.py's defaults for what this script has no flag for
+    run_order(argparse.Namespace(**workload))
 
 
 if __name__ == "__main__":

@@ -328,21 +328,35 @@ def training_data(x, backend):
 
 
 # --- the model -------------------------------------------------------------------------------
+def workload_batch(args):
+    """The batch every measurement uses: uniform float32 images in [-0.5, 0.5), seeded."""
+    import numpy as np
+
+    return (np.random.default_rng(args.seed).random(
+        (args.batch_size, args.image_size, args.image_size, args.channels)) - 0.5
+            ).astype("float32")
+
+
+def initialized_glow(args, x, package=None):
+    """The configured Glow, from `package` (keras_flow; ab_versions.py passes an exported
+    revision), its actnorms initialised on `x`; built under the current dtype policy."""
+    if package is None:
+        import keras_flow as package
+    random.seed(args.seed)  # Keras's unseeded initialisers draw from Python's generator
+    model = package.Glow(levels=args.levels, depth=args.depth, hidden_width=args.hidden_width,
+                         permutation=args.permutation, lu_decomposed=args.lu == "on",
+                         coupling=args.coupling, seed=args.seed,
+                         batch_shards=args.batch_shards, image_shape=x.shape[1:])
+    model.initialize(x)
+    return model
+
+
 def build_model(args, policy):
     import keras
-    import numpy as np
-    from keras_flow import Glow
 
     keras.config.set_dtype_policy(policy)
-    random.seed(args.seed)  # Keras's unseeded initialisers draw from Python's generator
-    model = Glow(levels=args.levels, depth=args.depth, hidden_width=args.hidden_width,
-                 permutation=args.permutation, lu_decomposed=args.lu == "on",
-                 coupling=args.coupling, seed=args.seed, batch_shards=args.batch_shards,
-                 image_shape=(args.image_size, args.image_size, args.channels))
-    x = (np.random.default_rng(args.seed).random(
-        (args.batch_size, args.image_size, args.image_size, args.channels)) - 0.5
-         ).astype("float32")
-    model.initialize(x)
+    x = workload_batch(args)
+    model = initialized_glow(args, x)
     jit = {"auto": "auto", "on": True, "off": False}[args.jit]
     model.compile(optimizer=make_training_optimizer(args.optimizer), jit_compile=jit,
                   steps_per_execution=args.steps_per_execution)

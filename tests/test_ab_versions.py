@@ -4,7 +4,6 @@ import re
 import shutil
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -44,9 +43,12 @@ def test_the_exported_revision_is_a_separate_package_computing_the_same(ab_with_
         import keras_flow_base
 
         assert keras_flow_base.Glow is not keras_flow.Glow
-        args = types.SimpleNamespace(levels=2, depth=1, hidden_width=8, batch_shards=1)
-        x = (np.random.default_rng(0).random((4, 8, 8, 1)) - 0.5).astype("float32")
-        base, tree = ab.build(keras_flow_base, args, x), ab.build(keras_flow, args, x)
+        args = ab.throughput.parse_args(
+            ["--image-size", "8", "--channels", "1", "--levels", "2", "--depth", "1",
+             "--hidden-width", "8", "--batch-size", "4", "--batch-shards", "1"])
+        x = ab.throughput.workload_batch(args)
+        base, tree = (ab.throughput.initialized_glow(args, x, package)
+                      for package in (keras_flow_base, keras_flow))
         initial = ops.convert_to_numpy(tree.bits_per_dim(x))
         assert ab.move_weights([base, tree])
         bits = [ops.convert_to_numpy(model.bits_per_dim(x)) for model in (base, tree)]
