@@ -4,7 +4,9 @@ import pytest
 
 from keras_flow.layers import EdgePaddedConv2D
 from keras_flow.layers import ZeroConv2D
+from keras_flow.layers import convolutions
 from keras_flow.layers.convolutions import pointwise_conv
+from keras_flow.layers.convolutions import tap_sum_conv
 from tests.flow_checks import perturb_weights
 from tests.flow_checks import random_images
 
@@ -112,3 +114,54 @@ def test_pointwise_conv_gradients_equal_autodiff_of_the_convolution(shape):
     for g, e in zip(got, expected):
         assert g.shape == e.shape
         np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def conv_and_gradients(conv, x, kernel, upstream):
+    """`conv(x, kernel)` and the gradients of `sum(conv(x, kernel) * upstream)`."""
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch([x, kernel])
+        outputs = conv(x, kernel)
+        loss = tf.reduce_sum(outputs * upstream)
+    return [outputs] + tape.gradient(loss, [x, kernel])
+
+
+@pytest.mark.parametrize("shape, size, filters", [((2, 5, 6, 40), 3, 4),
+                                                  ((3, 4, 4, 9), 3, 1),
+                                                  ((1, 6, 5, 26), 5, 1)])
+def test_tap_sum_conv_equals_the_direct_convolution_and_its_gradients(shape, size, filters):
+    """The product-and-shifted-sum form: same outputs and gradients as the 'same' convolution
+    (borders included), at a static and an unknown image size."""
+    import tensorflow as tf
+
+    x = tf.constant(random_images(shape, seed=6))
+    rng = np.random.default_rng(7)
+    kernel = tf.constant(rng.normal(size=(size, size, shape[-1], filters)).astype("float32"))
+    upstream = tf.constant(rng.normal(size=shape[:3] + (filters,)).astype("float32"))
+    expected = conv_and_gradients(lambda a, w: keras.ops.conv(a, w, padding="same"), x,
+                                  kernel, upstream)
+    for got in (conv_and_gradients(tap_sum_conv, x, kernel, upstream),
+                tf.function(lambda a, w: conv_and_gradients(tap_sum_conv, a, w, upstream),
+                            input_signature=[tf.TensorSpec((None, None, None, shape[-1])),
+                                             tf.TensorSpec(kernel.shape)])(x, kernel)):
+        for g, e in zip(got, expected):
+            assert g.shape == e.shape
+            np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels, filters, size, taps", [(36, 4, 3, True), (35, 4, 3, False),
+                                                           (128, 5, 3, False),
+                                                           (128, 4, 1, False)])
+def test_conv_same_sums_taps_for_few_outputs_of_many_inputs_on_a_cpu(
+        monkeypatch, channels, filters, size, taps):
+    """`conv_same` takes `tap_sum_conv` for <= 4 outputs and >= k*k*out inputs (on this CPU)."""
+    calls = []
+    monkeypatch.setattr(convolutions, "tap_sum_conv",
+                        lambda inputs, kernel: calls.append(kernel.shape) or tap_sum_conv(
+                            inputs, kernel))
+    x = random_images((1, 4, 4, channels))
+    kernel = np.ones((size, size, channels, filters), "float32")
+    convolutions.conv_same(x, kernel)
+    assert convolutions.on_cpu()
+    assert bool(calls) == taps

@@ -19,6 +19,9 @@ VARIANTS = {
         scale_fn="tanh", tanh_scale_init=0.0, **kw),
     "realnvp-channel": lambda **kw: AffineCoupling(
         hidden_width=16, network="resnet", residual_blocks=1, scale_fn="tanh", **kw),
+    # a last convolution with few outputs and >= 9x as many inputs: `tap_sum_conv` on a CPU
+    "affine-tap-sum": lambda **kw: AffineCoupling(hidden_width=36, **kw),
+    "additive-tap-sum": lambda **kw: AdditiveCoupling(hidden_width=20, **kw),
 }
 
 
