@@ -36,19 +36,30 @@ def kernel_taps(border, height, width, kernel_size):
             for dy in range(kernel_size) for dx in range(kernel_size)]
 
 
-TAP_SUM_MAX_FILTERS = 4  # oneDNN's direct convolution computes outputs in blocks of 16
+THIN = 4  # channels; oneDNN's direct convolutions compute channels in blocks of 16
 
 
 def conv_same(inputs, kernel):
-    """Stride-1 'same' convolution of NHWC `inputs` with a `(k, k, in, out)` kernel; a 1x1
-    kernel runs as `pointwise_conv`, and on a CPU a k x k one with at most
-    `TAP_SUM_MAX_FILTERS` outputs and at least `k * k * out` inputs as `tap_sum_conv`."""
+    """Stride-1 'same' convolution of NHWC `inputs` with a `(k, k, in, out)` kernel. A 1x1
+    kernel runs as `pointwise_conv`; on a CPU, a k x k kernel with a thin side (`is_thin`)
+    runs as `tap_sum_conv` (thin outputs) or `thin_input_conv` (thin inputs)."""
     size, _, channels, filters = kernel.shape
     if size == 1 and kernel.shape[1] == 1:
         return pointwise_conv(inputs, kernel)
-    if filters <= TAP_SUM_MAX_FILTERS and channels >= size * size * filters and on_cpu():
+    if is_thin(filters, channels, size) and on_cpu():
         return tap_sum_conv(inputs, kernel)
+    if is_thin(channels, filters, size) and on_cpu():
+        return thin_input_conv(inputs, kernel)
     return ops.conv(inputs, kernel, padding="same")
+
+
+def is_thin(thin, wide, kernel_size):
+    """Whether a convolution's side of `thin` channels is worth computing tap by tap: at most
+    `THIN` channels facing at least `k * k` times as many. oneDNN computes the channels a
+    convolution produces (outputs forward, inputs in the input gradient) in blocks of 16, so
+    with 3 or 4 of them most of its work is padding (Glow's coupling network on a grey
+    image's first level: 4 outputs of the last convolution, 3 inputs of the first)."""
+    return thin <= THIN and wide >= kernel_size * kernel_size * thin
 
 
 @functools.lru_cache(maxsize=1)
@@ -78,6 +89,17 @@ def tap_selector(kernel_size, filters):
     return selector.reshape(kernel_size, kernel_size, taps * filters, 1)
 
 
+@functools.lru_cache(maxsize=16)
+def patch_selector(kernel_size, channels):
+    """The `(k, k, channels, k * k)` depthwise kernel whose output channel `c * k * k + t` is
+    input channel c at tap t's offset: its 'same' convolution gives every pixel's k x k patch."""
+    taps = kernel_size * kernel_size
+    selector = np.zeros((kernel_size, kernel_size, channels, taps), "float32")
+    for tap in range(taps):
+        selector[tap // kernel_size, tap % kernel_size, :, tap] = 1.0
+    return selector
+
+
 def tap_sum_conv(inputs, kernel):
     """`conv_same(inputs, kernel)` as one matrix product to every tap's outputs and a
     shifted sum, for a k x k kernel with few outputs:
@@ -85,11 +107,10 @@ def tap_sum_conv(inputs, kernel):
         T = X @ [W_1, ..., W_kk]                       (P pixels, k * k * out columns)
         y[p, c] = sum over taps t of T[p + offset_t, t * out + c]   (0 outside the image)
 
-    The same function as the direct convolution, whose oneDNN kernels compute the outputs in
-    blocks of 16 channels: with 4 outputs (Glow's last coupling convolution on the first level
-    of a grey image) three quarters of that work is padding. The shifted sum is a depthwise
-    convolution with a one-hot kernel (`tap_selector`) and a sum over the taps; on the project's
-    CPU the whole ran that convolution about 1.7x as fast, forward and backward (BENCHMARKS.md)."""
+    The same function as the direct convolution without its padded output channels
+    (`is_thin`); the shifted sum is a depthwise convolution with a one-hot kernel
+    (`tap_selector`) and a sum over the taps. On the project's CPU it ran Glow's last coupling
+    convolution of a grey image 1.7x as fast, forward and backward (BENCHMARKS.md)."""
     size, _, channels, filters = kernel.shape
     taps = size * size
     shape = ops.shape(inputs)
@@ -100,6 +121,35 @@ def tap_sum_conv(inputs, kernel):
     selector = ops.cast(tap_selector(size, filters), inputs.dtype)
     shifted = ops.depthwise_conv(per_tap, selector, padding="same")
     return ops.sum(ops.reshape(shifted, spatial + (taps, filters)), axis=3)
+
+
+@ops.custom_gradient
+def thin_input_conv(inputs, kernel):
+    """`conv_same(inputs, kernel)` for inputs with few channels: the direct convolution
+    forward (which fuses with a bias and ReLU after it), and gradients without its padded
+    channels (`is_thin`):
+
+        d_inputs = conv_same(d_out, W')     W'[dy, dx] = W[k-1-dy, k-1-dx]^T, as a tap_sum_conv
+        d_W = patches(X)^T @ d_out          (P pixels; k * k * in patch columns)
+
+    the values autodiff gives."""
+    outputs = ops.conv(inputs, kernel, padding="same")
+
+    def gradient(*args, upstream=None):
+        upstream = args[0] if upstream is None else upstream
+        size, _, channels, filters = kernel.shape
+        transposed = ops.flip(ops.transpose(kernel, (0, 1, 3, 2)), axis=(0, 1))
+        d_inputs = tap_sum_conv(upstream, transposed)
+        patches = ops.depthwise_conv(
+            inputs, ops.cast(patch_selector(size, channels), inputs.dtype), padding="same")
+        d_kernel = ops.matmul(
+            ops.transpose(ops.reshape(patches, (-1, channels * size * size))),
+            ops.reshape(upstream, (-1, filters)))
+        d_kernel = ops.transpose(ops.reshape(d_kernel, (channels, size, size, filters)),
+                                 (1, 2, 0, 3))
+        return d_inputs, d_kernel
+
+    return outputs, gradient
 
 
 @ops.custom_gradient

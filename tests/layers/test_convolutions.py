@@ -7,6 +7,7 @@ from keras_flow.layers import ZeroConv2D
 from keras_flow.layers import convolutions
 from keras_flow.layers.convolutions import pointwise_conv
 from keras_flow.layers.convolutions import tap_sum_conv
+from keras_flow.layers.convolutions import thin_input_conv
 from tests.flow_checks import perturb_weights
 from tests.flow_checks import random_images
 
@@ -127,12 +128,15 @@ def conv_and_gradients(conv, x, kernel, upstream):
     return [outputs] + tape.gradient(loss, [x, kernel])
 
 
-@pytest.mark.parametrize("shape, size, filters", [((2, 5, 6, 40), 3, 4),
-                                                  ((3, 4, 4, 9), 3, 1),
-                                                  ((1, 6, 5, 26), 5, 1)])
-def test_tap_sum_conv_equals_the_direct_convolution_and_its_gradients(shape, size, filters):
-    """The product-and-shifted-sum form: same outputs and gradients as the 'same' convolution
-    (borders included), at a static and an unknown image size."""
+@pytest.mark.parametrize("conv, shape, size, filters", [
+    (tap_sum_conv, (2, 5, 6, 40), 3, 4), (tap_sum_conv, (3, 4, 4, 9), 3, 1),
+    (tap_sum_conv, (1, 6, 5, 26), 5, 1),
+    (thin_input_conv, (2, 5, 6, 3), 3, 40), (thin_input_conv, (3, 4, 4, 1), 3, 9),
+    (thin_input_conv, (1, 6, 5, 2), 5, 50)])
+def test_thin_side_convs_equal_the_direct_convolution_and_its_gradients(conv, shape, size,
+                                                                        filters):
+    """`tap_sum_conv` and `thin_input_conv`: the same outputs and gradients (input and kernel)
+    as the 'same' convolution, borders included, at a static and an unknown image size."""
     import tensorflow as tf
 
     x = tf.constant(random_images(shape, seed=6))
@@ -141,8 +145,8 @@ def test_tap_sum_conv_equals_the_direct_convolution_and_its_gradients(shape, siz
     upstream = tf.constant(rng.normal(size=shape[:3] + (filters,)).astype("float32"))
     expected = conv_and_gradients(lambda a, w: keras.ops.conv(a, w, padding="same"), x,
                                   kernel, upstream)
-    for got in (conv_and_gradients(tap_sum_conv, x, kernel, upstream),
-                tf.function(lambda a, w: conv_and_gradients(tap_sum_conv, a, w, upstream),
+    for got in (conv_and_gradients(conv, x, kernel, upstream),
+                tf.function(lambda a, w: conv_and_gradients(conv, a, w, upstream),
                             input_signature=[tf.TensorSpec((None, None, None, shape[-1])),
                                              tf.TensorSpec(kernel.shape)])(x, kernel)):
         for g, e in zip(got, expected):
@@ -150,18 +154,18 @@ def test_tap_sum_conv_equals_the_direct_convolution_and_its_gradients(shape, siz
             np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("channels, filters, size, taps", [(36, 4, 3, True), (35, 4, 3, False),
-                                                           (128, 5, 3, False),
-                                                           (128, 4, 1, False)])
-def test_conv_same_sums_taps_for_few_outputs_of_many_inputs_on_a_cpu(
-        monkeypatch, channels, filters, size, taps):
-    """`conv_same` takes `tap_sum_conv` for <= 4 outputs and >= k*k*out inputs (on this CPU)."""
+@pytest.mark.parametrize("channels, filters, size, path", [
+    (36, 4, 3, "tap_sum_conv"), (35, 4, 3, None), (128, 5, 3, None),
+    (3, 27, 3, "thin_input_conv"), (3, 26, 3, None), (5, 128, 3, None), (128, 4, 1, None)])
+def test_conv_same_takes_the_thin_side_forms_for_few_of_many_channels_on_a_cpu(
+        monkeypatch, channels, filters, size, path):
+    """<= 4 outputs of >= k*k*out inputs: `tap_sum_conv`; <= 4 inputs to >= k*k*in outputs:
+    `thin_input_conv`; else the direct convolution (on this CPU)."""
     calls = []
-    monkeypatch.setattr(convolutions, "tap_sum_conv",
-                        lambda inputs, kernel: calls.append(kernel.shape) or tap_sum_conv(
-                            inputs, kernel))
+    for name in ("tap_sum_conv", "thin_input_conv"):
+        monkeypatch.setattr(convolutions, name, lambda inputs, kernel, name=name: calls.append(
+            name) or keras.ops.conv(inputs, kernel, padding="same"))
     x = random_images((1, 4, 4, channels))
-    kernel = np.ones((size, size, channels, filters), "float32")
-    convolutions.conv_same(x, kernel)
+    convolutions.conv_same(x, np.ones((size, size, channels, filters), "float32"))
     assert convolutions.on_cpu()
-    assert bool(calls) == taps
+    assert calls == ([path] if path else [])
