@@ -33,8 +33,6 @@ LAYERS = {
     "actnorm": lambda: layers.Actnorm(),
     "inv_conv_1x1_lu": lambda: layers.InvConv1x1(seed=3),
     "affine_coupling_glow": lambda: layers.AffineCoupling(8),
-    # on a CPU: thin_input_conv (3 -> 36) and tap_sum_conv (36 -> 4), convolutions.is_thin
-    "affine_coupling_thin_sides": lambda: layers.AffineCoupling(36),
     "split2d": lambda: layers.Split2D(),
 }
 MODELS = {  # name: (model, optimizer)

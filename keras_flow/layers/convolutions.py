@@ -11,6 +11,12 @@ convolution of the input in one of two forms, the same function either way:
 - thin inputs (the first convolution, c/2 -> 512): as a ones channel appended to the input
   (`sum(W_edge) - conv_same(1, W_edge)`), which leaves a per-channel bias, so the convolution,
   the bias and the ReLU after it run as one fused operation.
+
+The zero-padded convolution itself (`conv_same`) is the backend's, except where oneDNN would
+mostly compute padding: a 1x1 kernel's gradients (`pointwise_conv`), and with TensorFlow on
+a CPU a k x k kernel with a thin side of at most 4 channels (a grey image's first level),
+whose thin side is shifted tap by tap while one matrix product mixes the channels
+(`tap_sum_conv`, `thin_input_conv`). Every form computes the same function.
 """
 
 import functools
@@ -41,14 +47,14 @@ THIN = 4  # channels; oneDNN's direct convolutions compute channels in blocks of
 
 def conv_same(inputs, kernel):
     """Stride-1 'same' convolution of NHWC `inputs` with a `(k, k, in, out)` kernel. A 1x1
-    kernel runs as `pointwise_conv`; on a CPU, a k x k kernel with a thin side (`is_thin`)
-    runs as `tap_sum_conv` (thin outputs) or `thin_input_conv` (thin inputs)."""
+    kernel runs as `pointwise_conv`; on oneDNN (`on_onednn_cpu`), a k x k kernel with a thin
+    side (`is_thin`) runs as `tap_sum_conv` (thin outputs) or `thin_input_conv` (thin inputs)."""
     size, _, channels, filters = kernel.shape
     if size == 1 and kernel.shape[1] == 1:
         return pointwise_conv(inputs, kernel)
-    if is_thin(filters, channels, size) and on_cpu():
+    if is_thin(filters, channels, size) and on_onednn_cpu():
         return tap_sum_conv(inputs, kernel)
-    if is_thin(channels, filters, size) and on_cpu():
+    if is_thin(channels, filters, size) and on_onednn_cpu():
         return thin_input_conv(inputs, kernel)
     return ops.conv(inputs, kernel, padding="same")
 
@@ -63,18 +69,15 @@ def is_thin(thin, wide, kernel_size):
 
 
 @functools.lru_cache(maxsize=1)
-def on_cpu():
-    """Whether Keras's backend computes on the CPU (TensorFlow or JAX without an accelerator)."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
+def on_onednn_cpu():
+    """Whether convolutions run on oneDNN's CPU kernels, whose blocking `is_thin` is about:
+    TensorFlow without a GPU. (Under JAX, XLA's CPU convolutions ran W2 twice as fast
+    without the thin forms as with them.)"""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
 
-        return not tf.config.list_logical_devices("GPU")
-    if backend == "jax":
-        import jax
-
-        return jax.default_backend() == "cpu"
-    return False
+    return not tf.config.list_logical_devices("GPU")
 
 
 @functools.lru_cache(maxsize=16)

@@ -157,15 +157,15 @@ def test_thin_side_convs_equal_the_direct_convolution_and_its_gradients(conv, sh
 @pytest.mark.parametrize("channels, filters, size, path", [
     (36, 4, 3, "tap_sum_conv"), (35, 4, 3, None), (128, 5, 3, None),
     (3, 27, 3, "thin_input_conv"), (3, 26, 3, None), (5, 128, 3, None), (128, 4, 1, None)])
-def test_conv_same_takes_the_thin_side_forms_for_few_of_many_channels_on_a_cpu(
+def test_conv_same_takes_the_thin_side_forms_for_few_of_many_channels_on_onednn(
         monkeypatch, channels, filters, size, path):
     """<= 4 outputs of >= k*k*out inputs: `tap_sum_conv`; <= 4 inputs to >= k*k*in outputs:
-    `thin_input_conv`; else the direct convolution (on this CPU)."""
+    `thin_input_conv`; else the direct convolution (TensorFlow on this CPU: oneDNN)."""
     calls = []
     for name in ("tap_sum_conv", "thin_input_conv"):
         monkeypatch.setattr(convolutions, name, lambda inputs, kernel, name=name: calls.append(
             name) or keras.ops.conv(inputs, kernel, padding="same"))
     x = random_images((1, 4, 4, channels))
     convolutions.conv_same(x, np.ones((size, size, channels, filters), "float32"))
-    assert convolutions.on_cpu()
+    assert convolutions.on_onednn_cpu()
     assert calls == ([path] if path else [])

@@ -19,7 +19,7 @@ VARIANTS = {
         scale_fn="tanh", tanh_scale_init=0.0, **kw),
     "realnvp-channel": lambda **kw: AffineCoupling(
         hidden_width=16, network="resnet", residual_blocks=1, scale_fn="tanh", **kw),
-    # thin sides (convolutions.is_thin), on a CPU: the first convolution as a
+    # thin sides (convolutions.is_thin), on oneDNN: the first convolution as a
     # `thin_input_conv` (3 inputs, 36 outputs), the last as a `tap_sum_conv` (36 -> 4, 20 -> 2)
     "affine-thin-sides": lambda **kw: AffineCoupling(hidden_width=36, **kw),
     "additive-thin-output": lambda **kw: AdditiveCoupling(hidden_width=20, **kw),
