@@ -80,27 +80,24 @@ def on_onednn_cpu():
     return not tf.config.list_logical_devices("GPU")
 
 
+def one_hot_taps(kernel_size):
+    """`(k, k, k * k)`: 1 at `[dy, dx, t]` for the tap `t = dy * k + dx`, 0 elsewhere."""
+    taps = kernel_size * kernel_size
+    return np.eye(taps, dtype="float32").reshape(kernel_size, kernel_size, taps)
+
+
 @functools.lru_cache(maxsize=16)
 def tap_selector(kernel_size, filters):
     """The `(k, k, k * k * filters, 1)` depthwise kernel whose channel `t * filters + c` is 1
-    at tap `t = dy * k + dx` and 0 elsewhere: its 'same' convolution shifts each channel by
-    its tap's offset."""
-    taps = kernel_size * kernel_size
-    selector = np.zeros((kernel_size, kernel_size, taps, filters, 1), "float32")
-    for tap in range(taps):
-        selector[tap // kernel_size, tap % kernel_size, tap, :, 0] = 1.0
-    return selector.reshape(kernel_size, kernel_size, taps * filters, 1)
+    at tap t only: its 'same' convolution shifts each channel by its tap's offset."""
+    return np.repeat(one_hot_taps(kernel_size), filters, axis=2)[..., None]
 
 
 @functools.lru_cache(maxsize=16)
 def patch_selector(kernel_size, channels):
     """The `(k, k, channels, k * k)` depthwise kernel whose output channel `c * k * k + t` is
     input channel c at tap t's offset: its 'same' convolution gives every pixel's k x k patch."""
-    taps = kernel_size * kernel_size
-    selector = np.zeros((kernel_size, kernel_size, channels, taps), "float32")
-    for tap in range(taps):
-        selector[tap // kernel_size, tap % kernel_size, :, tap] = 1.0
-    return selector
+    return np.repeat(one_hot_taps(kernel_size)[:, :, None, :], channels, axis=2)
 
 
 def tap_sum_conv(inputs, kernel):
