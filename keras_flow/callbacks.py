@@ -520,7 +520,6 @@ class Checkpoint(keras.callbacks.Callback):
         state = files.read_json(Path(folder) / CHECKPOINT_STATE)
         if state is None:
             return None
-        if not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
+        model.build_optimizer()  # its variables must exist to receive the saved ones
         model.load_weights(Path(folder) / state["weights"])
         return state

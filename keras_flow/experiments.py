@@ -87,9 +87,6 @@ def train_variant(config, data, steps, eval_every, seed=0, learning_rate=1e-3,
     model = model_class(**config, seed=seed)
     model.initialize(flow.init_batch(min(init_size, flow.num_train)))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate))
-    # Building the optimizer's slots before `fit` spares TensorFlow a second trace of the
-    # training step (it retraces a function that created variables): about half the start-up.
-    model.optimizer.build(model.trainable_variables)
     curves = CurveRecorder(eval_every)
     model.fit(flow.train.repeat(), steps_per_epoch=eval_every, epochs=steps // eval_every,
               validation_data=test, callbacks=[curves], verbose=0)

@@ -119,7 +119,6 @@ def fit_history(model, data, epochs, optimizer=None, batch_size=None, **compile_
     tiny models' forward and backward passes.
     """
     model.compile(optimizer=optimizer or keras.optimizers.Adam(1e-3), **compile_kwargs)
-    model.optimizer.build(model.trainable_variables)  # else the first step is traced twice
     history = model.fit(data, epochs=epochs, batch_size=batch_size, shuffle=False, verbose=0)
     return history.history
 
