@@ -162,11 +162,11 @@ def paired_table(records):
              "repeat by repeat | median |", "|---|---|---|---|---|---:|"]
     rows = sorted(ratios.items(),
                   key=lambda item: item[0][:3] + (PAIRED_METRICS.index(item[0][3]),))
-    for (workload, peer, policy, metric), ratios in rows:
+    for (workload, peer, policy, metric), values in rows:
         lines.append("| %s | %s | %s | %s | %s | **%.2fx** |" % (
             workload, peer, precision_label(policy, groups[(workload, peer, policy)]),
-            metric[:-len("_img_s")], ", ".join("%.2f" % value for value in ratios),
-            statistics.median(ratios)))
+            metric[:-len("_img_s")], ", ".join("%.2f" % value for value in values),
+            statistics.median(values)))
     return "\n".join(lines)
 
 
