@@ -48,6 +48,31 @@ def tf_distribute():
     return distribute
 
 
+def dynamic_shard_bounds(batch, shards):
+    """`[0, ceil(batch / n), ..., batch]` for a batch size `batch` that is a tensor (n =
+    `shards`); `[0, None]` when it is None (a symbolic Keras input)."""
+    if batch is None:
+        return [0, None]
+    return [0] + [(batch * index + shards - 1) // shards for index in range(1, shards)] + [batch]
+
+
+def run_on_rows(fn, tensors, labels, start, stop):
+    """`fn` of rows `start:stop` of `tensors` and `labels` (every output of `fn` is per row).
+
+    Tensor bounds (`dynamic_shard_bounds`) may leave the shard empty: it then runs on the row
+    `stop - 1` and keeps none of its outputs' rows, since TensorFlow's oneDNN convolutions
+    fail on an empty batch. A non-empty shard keeps all of them (an identity slice)."""
+    if isinstance(start, int) and isinstance(stop, int):
+        first = start
+    else:
+        first = ops.minimum(start, stop - 1)
+    outputs = fn([tensor[first:stop] for tensor in tensors],
+                 None if labels is None else labels[first:stop])
+    if first is start:
+        return outputs
+    return keras.tree.map_structure(lambda tensor: tensor[:stop - start], outputs)
+
+
 def check_preprocessed(images, what="images"):
     """Raises `ValueError` if `images` (NumPy-convertible) hold NaN/Inf, and warns if they
     leave [-0.5, 0.5], the range of `keras_flow.preprocessing.preprocess` (other continuous
@@ -221,23 +246,31 @@ class FlowModel(FloatFlowPath, keras.Model):
         return shards[0] if len(shards) == 1 else ops.concatenate(shards, axis=0)
 
     def map_shards(self, fn, tensors, labels, training=None):
-        """`[fn(tensors, labels)]`, or `fn` of each shard's slices of `tensors` (same batch
+        """`[fn(tensors, labels)]`, or `fn` of each shard's rows of `tensors` (same batch
         axis) and `labels`, where `shard_bounds(tensors[0], training)` cuts the batch."""
         bounds = self.shard_bounds(tensors[0], training)
         if len(bounds) <= 2:
             return [fn(tensors, labels)]
         with shared_derived_weights():
-            return [fn([tensor[start:stop] for tensor in tensors],
-                       None if labels is None else labels[start:stop])
+            return [run_on_rows(fn, tensors, labels, start, stop)
                     for start, stop in zip(bounds[:-1], bounds[1:])]
 
     def shard_bounds(self, images, training=None):
-        """Batch indices `[0, ..., batch]` of near-equal shards, none empty: `batch_shards`
-        of them where the static batch size allows, else one."""
+        """Batch indices `[0, ..., batch]` of `batch_shards` near-equal shards, or `[0, batch]`
+        for one.
+
+        A static batch size gets at most one shard per example, none empty. A batch size
+        known only when the graph runs (TensorFlow: `evaluate` or `predict` on batches whose
+        last one is partial, an export's endpoints, a `tf.function` without a fixed batch)
+        gets tensor bounds `ceil(batch * i / n)`: the larger shards first, and the last ones
+        empty when the batch is smaller than n (`run_on_rows` runs those on a stand-in row).
+        A batch size not known at all (a Keras symbolic input) gets one shard."""
         batch = images.shape[0]
-        if (self.batch_shards == 1 or batch is None or in_data_dependent_init()
+        if (self.batch_shards == 1 or in_data_dependent_init()
                 or (training and not self.shards_in_training)):
             return [0, batch]
+        if batch is None:
+            return dynamic_shard_bounds(ops.shape(images)[0], self.batch_shards)
         shards = min(self.batch_shards, int(batch))
         return [int(batch) * index // shards for index in range(shards + 1)]
 

@@ -1,5 +1,6 @@
 """`FlowModel(batch_shards=n)`: a batch encoded (or decoded) as n slices is the same function,
-in inference and in training (gradients and `fit`), with no empty slice;
+in inference and in training (gradients and `fit`), for a static batch size (no empty slice)
+and one known only when the graph runs;
 `keras_flow.cpu_threads`."""
 
 import subprocess
@@ -15,6 +16,7 @@ from keras_flow import RealNVP
 from keras_flow import cpu_threads
 from keras_flow.layers.actnorm import data_dependent_init
 from keras_flow.layers.inv_conv_1x1 import InvConv1x1
+from keras_flow.models.flow_model import dynamic_shard_bounds
 from tests.flow_checks import perturb_weights
 from tests.flow_checks import preprocessed_images
 from tests.models.model_checks import to_numpy
@@ -144,6 +146,58 @@ def test_shard_bounds_never_leave_a_shard_empty():
     assert model.shard_bounds(keras.KerasTensor((None, 4, 4, 1))) == [0, None]
     with data_dependent_init():
         assert model.shard_bounds(np.zeros((10, 4, 4, 1))) == [0, 10]
+
+
+def test_dynamic_shard_bounds_put_the_larger_shards_first():
+    """A batch size known only when the graph runs: ceil(batch * i / n), empty shards last."""
+    for batch, expected in [(1, [0, 1, 1, 1]), (2, [0, 1, 2, 2]), (7, [0, 3, 5, 7]),
+                            (9, [0, 3, 6, 9])]:
+        bounds = dynamic_shard_bounds(tf.constant(batch), 3)
+        assert [int(bound) for bound in bounds] == expected
+    assert dynamic_shard_bounds(None, 3) == [0, None]
+
+
+def test_unknown_batch_size_is_sharded_too():
+    """A function traced for any batch size (as `evaluate`, `predict` and exports trace
+    them) runs the shards, and is the unsharded model's function at every batch size,
+    including those smaller than the number of shards (whose empty shards run on a
+    stand-in row and return nothing)."""
+    model, twin = glow_pair(shards=3)
+    specs = [tf.TensorSpec((None, 4, 4, 1), tf.float32), tf.TensorSpec((None,), tf.int32)]
+    encoded = tf.function(lambda x, y: twin.encode(x, y), input_signature=specs)
+    latents = [tf.TensorSpec((None,) + tuple(shape), tf.float32)
+               for shape in twin.latent_shapes]
+    decoded = tf.function(lambda eps, y: twin.decode(eps, y),
+                          input_signature=[latents, specs[1]])
+    batches = count_shards(twin)
+    decoded_batches = count_shards(twin, "decode_batch")
+    for size in (1, 2, 7):
+        x = preprocessed_images((size, 4, 4, 1), seed=10 + size)
+        labels = (np.arange(size) % 3).astype("int32")
+        eps_list, log_det = model.encode(x, labels)
+        sharded_eps, sharded_log_det = encoded(x, labels)
+        np.testing.assert_allclose(to_numpy(sharded_log_det), to_numpy(log_det), rtol=1e-5)
+        for eps, sharded in zip(eps_list, sharded_eps):
+            assert sharded.shape == eps.shape
+            np.testing.assert_allclose(to_numpy(sharded), to_numpy(eps), atol=1e-5)
+        images = decoded([to_numpy(eps) for eps in sharded_eps], labels)
+        np.testing.assert_allclose(to_numpy(images), x, atol=1e-4)
+    assert batches == [None] * 3 and decoded_batches == [None] * 3  # one trace, 3 shards
+
+
+def test_fit_with_a_partial_last_batch_is_sharded():
+    """`fit` on arrays whose last batch is partial traces its step for any batch size; the
+    shards then take the unsharded model's steps."""
+    model, twin = glow_pair(shards=2)
+    inputs = {"image": preprocessed_images((10, 4, 4, 1), seed=9), "label": np.arange(10) % 3}
+    initial, batches = model.get_weights(), count_shards(twin)
+    for flow in (model, twin):
+        flow.compile(optimizer=keras.optimizers.SGD(0.05))
+        flow.fit(inputs, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    assert batches[:2] == [None, None]  # traced once, with two shards
+    assert max(np.abs(a - b).max() for a, b in zip(model.get_weights(), initial)) > 1e-4
+    for weight, sharded in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_allclose(sharded, weight, rtol=1e-4, atol=1e-6)
 
 
 def test_realnvp_shards_in_inference_only():
