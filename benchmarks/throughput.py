@@ -4,6 +4,7 @@
     python benchmarks/throughput.py --workload W1 --mixed-precision bf16
     python benchmarks/throughput.py --workload W2 --jit on
     python benchmarks/throughput.py --backend jax --workload W1
+    python benchmarks/throughput.py --workload W1 --any-batch-size   # as evaluate/export trace
     python benchmarks/throughput.py --image-size 32 --channels 3 --levels 3 --depth 32 \
         --hidden-width 512 --batch-size 64                           # the cifar10 preset
 
@@ -25,6 +26,9 @@ untimed calls (tracing, compilation), one window sized from the second to last a
     would otherwise land in some windows and not in others;
   - encode: a compiled `model.bits_per_dim(x)` (= log_prob plus a constant), i.e. x -> z;
   - sample: a compiled `model.decode(noise)` with noise ~ N(0, 0.7^2) drawn per call.
+With `--any-batch-size` (TensorFlow) the three functions are traced for any batch size, as
+Keras's `evaluate` and `predict` trace theirs on batches whose last one is partial, and as an
+export's endpoints are: the same batch, fed through a function that does not know its size.
 """
 
 import argparse
@@ -90,6 +94,9 @@ def parse_args(argv=None):
                    help="Keras's compile(steps_per_execution=N): N training steps per call "
                         "of the compiled step, which saves the per-call overhead (callbacks "
                         "then run once per N steps); windows round up to whole calls (1)")
+    p.add_argument("--any-batch-size", action="store_true",
+                   help="TensorFlow: trace the train, encode and sample functions for any "
+                        "batch size (an unknown batch dimension), not the fixed one")
     p.add_argument("--windows", type=int, default=5, help="timed windows; the median counts")
     p.add_argument("--window-s", type=float, default=2.0, help="target window length (s)")
     p.add_argument("--no-sample", action="store_true", help="skip the sampling measurement")
@@ -108,6 +115,8 @@ def parse_args(argv=None):
             setattr(args, key, value)
     if args.batch_shards < 0:
         p.error(f"--batch-shards must be >= 0 (0: auto, 1: off); got {args.batch_shards}.")
+    if args.any_batch_size and args.backend != "tensorflow":
+        p.error("--any-batch-size is for TensorFlow (JAX traces every batch size apart).")
     if args.steps_per_execution < 1:
         p.error(f"--steps-per-execution must be >= 1; got {args.steps_per_execution}.")
     return args
@@ -292,8 +301,9 @@ def bench_fit(model, data, images_per_step, windows=5, window_s=2.0, steps=None,
             "loss_first_last": [round(first.losses[0], 4), round(clock.losses[-1], 4)]}
 
 
-def compiled(fn, model, backend, jit):
-    """`fn(*arrays)` compiled for the backend, reading the model's current weights."""
+def compiled(fn, model, backend, jit, any_batch=False):
+    """`fn(*arrays)` compiled for the backend, reading the model's current weights; with
+    `any_batch` (TensorFlow), traced for any size of the arrays' first axis."""
     if backend == "jax":
         import jax
         import keras
@@ -305,7 +315,18 @@ def compiled(fn, model, backend, jit):
         jitted = jax.jit(stateless) if jit else stateless
         return lambda *arrays: jitted([v.value for v in model.variables], *arrays)
     import tensorflow as tf
-    return tf.function(fn, jit_compile=bool(jit))
+    if not any_batch:
+        return tf.function(fn, jit_compile=bool(jit))
+    traced = []
+
+    def call(*arrays):
+        if not traced:
+            signature = [tf.TensorSpec((None,) + tuple(array.shape[1:]), array.dtype)
+                         for array in arrays]
+            traced.append(tf.function(fn, jit_compile=bool(jit), input_signature=signature))
+        return traced[0](*arrays)
+
+    return call
 
 
 def block(value):
@@ -314,11 +335,19 @@ def block(value):
     return ops.convert_to_numpy(value)
 
 
-def training_data(x, backend):
-    """The batch `x` repeated forever: a prefetched tf.data pipeline or a generator (JAX)."""
+def training_data(x, backend, any_batch=False):
+    """The batch `x` repeated forever: a prefetched tf.data pipeline or a generator (JAX);
+    with `any_batch`, batches whose batch dimension the pipeline leaves unknown."""
     if backend == "tensorflow":
         import tensorflow as tf
-        return lambda: tf.data.Dataset.from_tensors(x).repeat().prefetch(2)
+
+        def batches():
+            data = tf.data.Dataset.from_tensors(x).repeat()
+            if any_batch:  # rebatched without drop_remainder: size unknown to the trace
+                data = data.unbatch().batch(len(x))
+            return data.prefetch(2)
+
+        return batches
 
     def forever():
         while True:
@@ -375,9 +404,9 @@ def count_params(weights):
     return int(sum(math.prod(w.shape) for w in weights))
 
 
-def bits_per_dim_fn(model, backend, jit):
+def bits_per_dim_fn(model, backend, jit, any_batch=False):
     """`model.bits_per_dim`, compiled (encoding: x -> z and the log-determinant)."""
-    return compiled(lambda images: model.bits_per_dim(images), model, backend, jit)
+    return compiled(lambda images: model.bits_per_dim(images), model, backend, jit, any_batch)
 
 
 def precision_check(model, x, args, jit, encode_fn=None):
@@ -413,13 +442,13 @@ def main(argv=None):
     model, x = build_model(args, policy)
     batch = args.batch_size
     jit = bool(model.jit_compile)
-    data = training_data(x, args.backend)
+    data = training_data(x, args.backend, args.any_batch_size)
     train_stats = bench_fit(model, data, batch, args.windows, args.window_s, args.steps,
                             args.steps_per_execution)
     encode_stats = sample_stats = encode_fn = None
     x_tensor = ops.convert_to_tensor(x)
     if not args.no_encode:
-        encode_fn = bits_per_dim_fn(model, args.backend, jit)
+        encode_fn = bits_per_dim_fn(model, args.backend, jit, args.any_batch_size)
 
         def encode(n):
             for _ in range(n):
@@ -427,7 +456,8 @@ def main(argv=None):
 
         encode_stats = bench(encode, batch, args.windows, args.window_s)
     if not args.no_sample:
-        decode_fn = compiled(lambda *eps: model.decode(list(eps)), model, args.backend, jit)
+        decode_fn = compiled(lambda *eps: model.decode(list(eps)), model, args.backend, jit,
+                             args.any_batch_size)
         rng = np.random.default_rng(args.seed)
 
         def sample(n):
@@ -470,6 +500,7 @@ def main(argv=None):
         "threads": args.threads,
         "batch_shards": args.batch_shards,
         "steps_per_execution": args.steps_per_execution,
+        "any_batch_size": args.any_batch_size,
         "params_all": count_params(model.weights),
         "forward_gflop_per_img": round(flops["forward"] / 1e9, 4),
         "train_gflop_per_img": round(flops["train"] / 1e9, 4),
