@@ -217,6 +217,17 @@ def test_wrong_image_shape_for_a_built_model_or_export():
         FlowEndpoints(model).encode(tf.zeros([2, 8, 8, 3], tf.uint8))
 
 
+def test_an_empty_batch_is_a_clear_error():
+    model = _tiny_glow()
+    empty = preprocessed_images((0, 8, 8, 1))
+    for call in (model.encode, model.log_prob, model.bits_per_dim, model, model.initialize):
+        with pytest.raises(ValueError, match=r"empty batch of images \(shape \(0, 8, 8, 1\)\)"):
+            call(empty)
+    latents = [np.zeros((0,) + tuple(shape), "float32") for shape in model.latent_shapes]
+    with pytest.raises(ValueError, match="empty batch of latents"):
+        model.decode(latents)
+
+
 def test_labels_must_match_the_conditioning():
     x = preprocessed_images((4, 8, 8, 1))
     labels = np.array([0, 1, 2, 0], "int32")

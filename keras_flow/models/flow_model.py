@@ -48,6 +48,14 @@ def tf_distribute():
     return distribute
 
 
+def check_not_empty(shape, what):
+    """Raises `ValueError` for a batch of static size 0 (TensorFlow's oneDNN convolutions
+    would fail on it with an unrelated message)."""
+    if shape and shape[0] == 0:
+        raise ValueError(f"Received an empty batch of {what} (shape {shape}); pass at least "
+                         "one example.")
+
+
 def dynamic_shard_bounds(batch, shards):
     """`[0, ceil(batch / n), ..., batch]` for a batch size `batch` that is a tensor (n =
     `shards`); `[0, None]` when it is None (a symbolic Keras input)."""
@@ -196,6 +204,7 @@ class FlowModel(FloatFlowPath, keras.Model):
                 f"This model was built for images of shape {self.image_shape} (height, width, "
                 f"channels); received {shape[1:]}. Resize or convert the images (grey <-> RGB) "
                 "to that shape, or build a new model for them.")
+        check_not_empty(shape, "images")
         self.check_labels(labels)
 
     def check_labels(self, labels):
@@ -242,6 +251,7 @@ class FlowModel(FloatFlowPath, keras.Model):
                 f"decode needs {self.levels} latents (one per level, shapes "
                 f"{self.latent_shapes}); received {len(eps_list)}. Use encode()'s full list, "
                 "or sample() to draw the missing levels.")
+        check_not_empty(tuple(eps_list[0].shape), "latents")
         shards = self.map_shards(self.decode_batch, list(eps_list), labels)
         return shards[0] if len(shards) == 1 else ops.concatenate(shards, axis=0)
 
