@@ -200,6 +200,23 @@ def test_fit_with_a_partial_last_batch_is_sharded():
         np.testing.assert_allclose(sharded, weight, rtol=1e-4, atol=1e-6)
 
 
+def test_realnvp_shards_an_unknown_batch_size_in_inference():
+    model = RealNVP(levels=2, hidden_width=4, residual_blocks=1, image_shape=(8, 8, 2))
+    x = preprocessed_images((7, 8, 8, 2), seed=3)
+    model.initialize(x)
+    perturb_weights(model, seed=1, scale=0.05)
+    twin = RealNVP(levels=2, hidden_width=4, residual_blocks=1, image_shape=(8, 8, 2),
+                   batch_shards=3)
+    twin.set_weights(model.get_weights())
+    batches = count_shards(twin)
+    bits = tf.function(lambda images: twin.bits_per_dim(images),
+                       input_signature=[tf.TensorSpec((None, 8, 8, 2), tf.float32)])
+    for size in (1, 7):
+        np.testing.assert_allclose(to_numpy(bits(x[:size])),
+                                   to_numpy(model.bits_per_dim(x[:size])), rtol=1e-6)
+    assert batches == [None] * 3
+
+
 def test_realnvp_shards_in_inference_only():
     """Its batch normalisation takes the whole batch's statistics in training."""
     model = RealNVP(levels=2, hidden_width=4, residual_blocks=1, image_shape=(4, 4, 2),
