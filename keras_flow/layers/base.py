@@ -78,7 +78,7 @@ def zero_log_det(reference):
 def sum_per_example(values):
     """Sums every axis but the batch axis, in float32: `(batch_size, ...) -> (batch_size,)`."""
     values = ops.cast(values, LOG_DET_DTYPE)
-    return ops.sum(ops.reshape(values, (ops.shape(values)[0], -1)), axis=1)
+    return ops.sum(values, axis=tuple(range(1, len(values.shape))))
 
 
 def split_channels(values, first):

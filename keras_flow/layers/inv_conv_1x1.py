@@ -45,7 +45,7 @@ def mix_channels(inputs, kernel):
     channels = kernel.shape[-1]
     flat = ops.reshape(ops.cast(inputs, "float32"), (-1, kernel.shape[0]))
     shape = ops.shape(inputs)
-    outputs = ops.reshape(ops.matmul(flat, kernel), (shape[0], shape[1], shape[2], channels))
+    outputs = ops.reshape(ops.matmul(flat, kernel), (-1, shape[1], shape[2], channels))
     return ops.cast(outputs, inputs.dtype)
 
 
