@@ -57,8 +57,8 @@ def check_not_empty(shape, what):
 
 
 def dynamic_shard_bounds(batch, shards):
-    """`[0, ceil(batch / n), ..., batch]` for a batch size `batch` that is a tensor (n =
-    `shards`); `[0, None]` when it is None (a symbolic Keras input)."""
+    """`[ceil(batch * i / n) for i = 0..n]` (n = `shards`) for a batch size `batch` that is a
+    tensor; `[0, None]` when it is None (a symbolic Keras input)."""
     if batch is None:
         return [0, None]
     return [0] + [(batch * index + shards - 1) // shards for index in range(1, shards)] + [batch]
