@@ -202,7 +202,10 @@ class FlowEndpoints:
         message = f"decode expects float32 latents of shape [None, {self.latent_dim}]"
         checks = [tf.debugging.assert_rank(latents, 2, message=message),
                   tf.debugging.assert_equal(tf.shape(latents)[1], self.latent_dim,
-                                            message=message)]
+                                            message=message),
+                  tf.debugging.assert_positive(
+                      tf.shape(latents)[0],
+                      message="decode got an empty batch: pass at least one latent")]
         checks += self._check_labels(labels, tf.shape(latents)[0])
         latents = _after(checks, latents, [None, self.latent_dim])
         return self.decode_graph(latents, *_given(labels))
@@ -236,6 +239,9 @@ class FlowEndpoints:
         with tf.control_dependencies(checks):
             checks.append(tf.debugging.assert_equal(
                 tf.shape(images)[1:], tf.constant(self.image_shape, tf.int32), message=message))
+            checks.append(tf.debugging.assert_positive(
+                tf.shape(images)[0],
+                message=f"{endpoint} got an empty batch: pass at least one image"))
         checks += self._check_labels(labels, tf.shape(images)[0])
         return preprocessing.preprocess(_after(checks, images, expected), self.n_bits,
                                         noise="center")

@@ -226,6 +226,13 @@ def test_an_empty_batch_is_a_clear_error():
     latents = [np.zeros((0,) + tuple(shape), "float32") for shape in model.latent_shapes]
     with pytest.raises(ValueError, match="empty batch of latents"):
         model.decode(latents)
+    endpoints = FlowEndpoints(model)
+    for name in ("encode", "bits_per_dim"):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=f"{name} got an empty batch: pass at least one image"):
+            getattr(endpoints, name)(tf.zeros([0, 8, 8, 1], tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="decode got an empty batch"):
+        endpoints.decode(tf.zeros([0, endpoints.latent_dim], tf.float32))
 
 
 def test_labels_must_match_the_conditioning():
