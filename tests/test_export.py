@@ -256,3 +256,24 @@ def test_sample_command_errors_are_one_line(exported, capsys, args, message):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_export_of_a_sharded_model_shards_any_batch_size(trained, tmp_path):
+    """A model with batch shards exports endpoints that shard every batch they get (the
+    endpoints take any batch size), and compute the unsharded model's values, also for a
+    batch smaller than the number of shards (a stand-in row for the empty shard)."""
+    sharded = tiny_glow(batch_shards=3)
+    sharded.set_weights(trained.model.get_weights())
+    traced_batches = []
+    encode_batch = sharded.encode_batch
+    sharded.encode_batch = lambda images, *args: (
+        traced_batches.append(images.shape[0]) or encode_batch(images, *args))
+    loaded = tf.saved_model.load(keras_flow.export(sharded, str(tmp_path / "export")))
+    # every trace of the encoding (export traces it more than once) ran 3 shards
+    assert traced_batches and len(traced_batches) % 3 == 0 and set(traced_batches) == {None}
+    for size in (1, 2, 7):
+        images = trained.images[:size]
+        np.testing.assert_allclose(
+            loaded.bits_per_dim(images),
+            trained.model.bits_per_dim(bin_centres(images)).numpy(), atol=1e-4)
+        np.testing.assert_array_equal(loaded.decode(loaded.encode(images)), images)
