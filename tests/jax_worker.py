@@ -11,6 +11,7 @@ backend-neutral update runs there, a Glow with batch shards, and the custom grad
 
 import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ os.environ["KERAS_BACKEND"] = "jax"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 import keras_flow  # noqa: E402
 from keras_flow import layers  # noqa: E402
@@ -81,7 +83,6 @@ def pointwise_gradient_report():
     """`pointwise_conv`'s custom (matrix-product) gradients against JAX's autodiff of the 1x1
     convolution, through `jax.grad` under `jax.jit`."""
     import jax
-    import numpy as np
 
     from keras_flow.layers.convolutions import pointwise_conv
 
@@ -102,6 +103,11 @@ def pointwise_gradient_report():
 
 
 def main(out_path):
+    # The same weights and batch order every run (Keras's unseeded initialisers draw from
+    # Python's generator, fit's shuffling from NumPy's); keras.utils.set_random_seed would
+    # import TensorFlow, which this worker must not.
+    random.seed(0)
+    np.random.seed(0)
     start = time.time()
     report = {"backend": keras.backend.backend(),
               "tensorflow_imported": "tensorflow" in sys.modules}
