@@ -91,7 +91,7 @@ def deinterleave_channels(values):
     """`(values[..., 0::2], values[..., 1::2])` of an even channel count, via a reshape to
     `(..., channels // 2, 2)` and one split (no strided slices)."""
     shape = ops.shape(values)
-    pairs = ops.reshape(values, tuple(shape[:-1]) + (values.shape[-1] // 2, 2))
+    pairs = ops.reshape(values, (-1,) + tuple(shape[1:-1]) + (values.shape[-1] // 2, 2))
     even, odd = ops.split(pairs, 2, axis=-1)
     return ops.squeeze(even, axis=-1), ops.squeeze(odd, axis=-1)
 

@@ -178,9 +178,7 @@ def pointwise_conv(inputs, kernel):
 
 def with_ones_channel(inputs):
     """`inputs` with one more channel, all ones."""
-    shape = ops.shape(inputs)
-    ones = ops.ones((shape[0], shape[1], shape[2], 1), dtype=inputs.dtype)
-    return ops.concatenate([inputs, ones], axis=-1)
+    return ops.concatenate([inputs, ops.ones_like(inputs[..., :1])], axis=-1)
 
 
 @functools.lru_cache(maxsize=64)
