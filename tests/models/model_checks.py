@@ -20,6 +20,19 @@ def to_numpy(tensor):
     return ops.convert_to_numpy(tensor)
 
 
+def count_shards(model, method="encode_batch"):
+    """Replaces `model.<method>` by a wrapper that records the batch of every call."""
+    batches = []
+    original = getattr(model, method)
+
+    def recording(inputs, *args, **kwargs):
+        batches.append((inputs[0] if isinstance(inputs, list) else inputs).shape[0])
+        return original(inputs, *args, **kwargs)
+
+    setattr(model, method, recording)
+    return batches
+
+
 def encoded(model, x):
     """`(flat latents, log_det)` as NumPy arrays."""
     eps_list, log_det = model.encode(x)

@@ -19,6 +19,7 @@ from keras_flow.layers.inv_conv_1x1 import InvConv1x1
 from keras_flow.models.flow_model import dynamic_shard_bounds
 from tests.flow_checks import perturb_weights
 from tests.flow_checks import preprocessed_images
+from tests.models.model_checks import count_shards
 from tests.models.model_checks import to_numpy
 
 SMALL = dict(levels=2, depth=2, hidden_width=8, image_shape=(4, 4, 1), num_classes=3)
@@ -32,19 +33,6 @@ def glow_pair(shards):
     twin = Glow(**SMALL, batch_shards=shards)
     twin.set_weights(model.get_weights())
     return model, twin
-
-
-def count_shards(model, method="encode_batch"):
-    """Replaces `model.<method>` by a wrapper that records the batch of every call."""
-    batches = []
-    original = getattr(model, method)
-
-    def recording(inputs, *args, **kwargs):
-        batches.append((inputs[0] if isinstance(inputs, list) else inputs).shape[0])
-        return original(inputs, *args, **kwargs)
-
-    setattr(model, method, recording)
-    return batches
 
 
 def objective_and_gradients(model, inputs):
