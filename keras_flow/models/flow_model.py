@@ -70,13 +70,11 @@ def run_on_rows(fn, tensors, labels, start, stop):
     Tensor bounds (`dynamic_shard_bounds`) may leave the shard empty: it then runs on the row
     `stop - 1` and keeps none of its outputs' rows, since TensorFlow's oneDNN convolutions
     fail on an empty batch. A non-empty shard keeps all of them (an identity slice)."""
-    if isinstance(start, int) and isinstance(stop, int):
-        first = start
-    else:
-        first = ops.minimum(start, stop - 1)
+    static = isinstance(start, int) and isinstance(stop, int)
+    first = start if static else ops.minimum(start, stop - 1)
     outputs = fn([tensor[first:stop] for tensor in tensors],
                  None if labels is None else labels[first:stop])
-    if first is start:
+    if static:
         return outputs
     return keras.tree.map_structure(lambda tensor: tensor[:stop - start], outputs)
 
