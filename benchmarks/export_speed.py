@@ -10,17 +10,16 @@ endpoints at each `--sizes` batch size: `bits_per_dim(uint8 images)` and
 auto, the default) one intra-op thread per op and `--threads` ops at once; with
 `--batch-shards 1` (no shards) `--threads` intra- and inter-op threads, TensorFlow's usual
 setting. The endpoints take any batch size, so their graphs do not know it when traced.
-Method: three untimed calls, then `--windows` windows of `--calls` calls; prints one JSON line
-per batch size with the median milliseconds per call of each endpoint.
+Method (throughput.py's `bench`): two untimed calls, then `--windows` windows of `--calls`
+calls; prints one JSON line per batch size with the median milliseconds per call of each
+endpoint.
 """
 
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,17 +40,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def time_calls(fn, windows, calls):
-    """Median milliseconds per call of `fn()` over `windows` windows, after 3 untimed calls."""
-    for _ in range(3):
-        fn().numpy()
-    per_call = []
-    for _ in range(windows):
-        start = time.perf_counter()
-        for _ in range(calls):
+def ms_per_call(fn, batch_size, windows, calls):
+    """Median milliseconds per call of `fn()` (returns a tensor), timed by throughput.py's
+    `bench` (two untimed calls, then `windows` windows of `calls` calls)."""
+
+    def run(n):
+        for _ in range(n):
             fn().numpy()
-        per_call.append((time.perf_counter() - start) / calls * 1e3)
-    return round(statistics.median(per_call), 2)
+
+    stats = throughput.bench(run, batch_size, windows=windows, calls=calls)
+    return round(1e3 * batch_size / stats["img_s"], 2)
 
 
 def main(argv=None):
@@ -75,11 +73,11 @@ def main(argv=None):
             record = {
                 "workload": args.workload, "batch_size": size,
                 "batch_shards": model_args.batch_shards, "threads": args.threads,
-                "bits_per_dim_ms": time_calls(lambda: flow.bits_per_dim(batch),
-                                              args.windows, args.calls),
-                "sample_ms": time_calls(
+                "bits_per_dim_ms": ms_per_call(lambda: flow.bits_per_dim(batch), size,
+                                               args.windows, args.calls),
+                "sample_ms": ms_per_call(
                     lambda: flow.sample_seeded(tf.constant(size), tf.constant(0.7),
-                                               tf.constant(1)), args.windows, args.calls),
+                                               tf.constant(1)), size, args.windows, args.calls),
             }
             sys.stdout.write(json.dumps(record) + "\n")
             sys.stdout.flush()
