@@ -4,8 +4,8 @@
     python benchmarks/export_speed.py --workload W1 --batch-shards 1 # TensorFlow's own threads
 
 Builds throughput.py's Glow for the workload (same seed, actnorms initialised on its batch),
-exports it to a temporary directory, loads it with `tf.saved_model.load` and times two
-endpoints at each `--sizes` batch size: `bits_per_dim(uint8 images)` and
+exports it to a temporary directory (`export_s`: the seconds `keras_flow.export` took), loads
+it with `tf.saved_model.load` (`load_s`) and times two endpoints at each `--sizes` batch size: `bits_per_dim(uint8 images)` and
 `sample_seeded(n, 0.7, seed)`. Threads as throughput.py sets them: with batch shards (0 =
 auto, the default) one intra-op thread per op and `--threads` ops at once; with
 `--batch-shards 1` (no shards) `--threads` intra- and inter-op threads, TensorFlow's usual
@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,7 +68,12 @@ def main(argv=None):
     images = np.random.default_rng(model_args.seed).integers(
         0, 256, (max(args.sizes),) + tuple(model.image_shape), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as folder:
-        flow = tf.saved_model.load(keras_flow.export(model, os.path.join(folder, "export")))
+        started = time.perf_counter()
+        path = keras_flow.export(model, os.path.join(folder, "export"))
+        exported = time.perf_counter()
+        flow = tf.saved_model.load(path)
+        seconds = {"export_s": round(exported - started, 2),
+                   "load_s": round(time.perf_counter() - exported, 2)}
         for size in args.sizes:
             batch = tf.constant(images[:size])
             record = {
@@ -78,6 +84,7 @@ def main(argv=None):
                 "sample_ms": ms_per_call(
                     lambda: flow.sample_seeded(tf.constant(size), tf.constant(0.7),
                                                tf.constant(1)), size, args.windows, args.calls),
+                **seconds,
             }
             sys.stdout.write(json.dumps(record) + "\n")
             sys.stdout.flush()
