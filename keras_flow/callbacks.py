@@ -70,19 +70,23 @@ def deferred_ema_finalize(model):
 class StepCounter(keras.callbacks.Callback):
     """Global training steps (batches) so far, counting those before a resume.
 
-    Put it first in the callback list: the others read `step` and `epoch` from it.
+    Put it first in the callback list: the others read `step` and `epoch` from it. With
+    Keras's `steps_per_execution = n` the batch callbacks run once per n steps, and `batch` is
+    the index of the last of them in the epoch: the count follows that index.
     """
 
     def __init__(self, initial_step=0):
         super().__init__()
         self.step = int(initial_step)
         self.epoch = 0
+        self._epoch_start = self.step
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
+        self._epoch_start = self.step
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
+        self.step = self._epoch_start + batch + 1
 
 
 class TimeLimit(keras.callbacks.Callback):
@@ -475,9 +479,13 @@ class Checkpoint(keras.callbacks.Callback):
         self.total_steps = int(total_steps)
         self.time_limit = time_limit
         self.saved_step = None
+        self._last_step = counter.step
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.every and self.counter.step % self.every == 0:
+        # at a multiple of `every`, or past one when a call ran several steps (Keras's
+        # steps_per_execution): the batch callbacks then run once per call
+        previous, self._last_step = self._last_step, self.counter.step
+        if self.every and self.counter.step // self.every > previous // self.every:
             self.save()
 
     def on_epoch_end(self, epoch, logs=None):

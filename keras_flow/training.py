@@ -64,7 +64,8 @@ STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
 DEFAULTS = dict(n_bits=8, batch_size=64, lr=1e-3, epochs=10, warmup="1epoch", ema=0.0)
 # Options that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("out", "epochs", "max_seconds", "checkpoint_every", "verbose", "overwrite",
-                     "strategy", "cpu_devices", "jit", "remat", "batch_shards")
+                     "strategy", "cpu_devices", "jit", "remat", "batch_shards",
+                     "steps_per_execution")
 # ...and, when `out` names the folder, these too: to continue a run that diverged.
 RECOVERY_CHANGES = ("lr", "clip_norm")
 # What a run writes in its folder; `overwrite` deletes these, and nothing else.
@@ -146,6 +147,11 @@ class TrainConfig:
     epochs: int = _option(None, "training epochs (default: preset, else 10)")
     steps_per_epoch: int = _option(None, "steps per epoch (default: preset, else one pass "
                                    "over the training split)")
+    steps_per_execution: int = _option(
+        1, "training steps per call of the compiled step (Keras's steps_per_execution), which "
+        "saves each call's fixed cost; the per-step callbacks (progress, time limit, Ctrl-C, "
+        "checkpoints, the non-finite check) then act every N steps. Must divide the steps per "
+        "epoch")
     seed: int = _option(0, "seed of the weights, data order and noise")
     max_seconds: float = _option(None, "stop training after this many seconds of wall-clock "
                                  "time, then evaluate, save and export as usual (default: no "
@@ -228,6 +234,7 @@ def train(config):
             model = build_model(config, data)
             compile_model(model, plan)
             state = restore_checkpoint(model, shared, out, config)
+            check_steps_per_execution(plan, state)
             if state is None:
                 initialize(model, data, config)
         files.write_json(out / "config.json", dataclasses.asdict(config))
@@ -373,8 +380,8 @@ def _check_choices(config):
 def _check_values(config):
     """Raises ValueError naming the first out-of-range option."""
     positive = ("levels", "depth", "hidden_width", "residual_blocks", "batch_size", "epochs",
-                "steps_per_epoch", "init_batch_size", "num_samples", "image_size",
-                "cpu_devices")
+                "steps_per_epoch", "steps_per_execution", "init_batch_size", "num_samples",
+                "image_size", "cpu_devices")
     for name in positive:
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -404,6 +411,10 @@ def _check_values(config):
          f"{', '.join(GLOW_ONLY)} and conditional are Glow options; drop them for RealNVP."),
         (config.classifier_weight and not config.conditional,
          "classifier_weight > 0 needs a class-conditional model (conditional=True)."),
+        (config.steps_per_execution > 1 and config.strategy == "multi-worker",
+         "steps_per_execution > 1 does not work with --strategy multi-worker: Keras's "
+         "BackupAndRestore, which resumes the workers, counts calls of the compiled step, not "
+         "steps. Use --steps-per-execution 1."),
         (config.cpu_devices is not None and config.strategy != "mirrored",
          f"cpu_devices splits the CPU into replicas for --strategy mirrored; got strategy "
          f"{config.strategy!r} (add --strategy mirrored, or drop --cpu-devices)."),
@@ -561,7 +572,30 @@ def compile_model(model, plan):
                                plan.steps_per_epoch, config.clip_norm, config.ema,
                                config.lr_decay_steps or 0, config.beta_2,
                                config.budget_decay)
-    model.compile(optimizer=optimizer, jit_compile=JIT[config.jit])
+    model.compile(optimizer=optimizer, jit_compile=JIT[config.jit],
+                  steps_per_execution=config.steps_per_execution)
+
+
+def check_steps_per_execution(plan, state):
+    """Raises ValueError unless `steps_per_execution` divides the steps of every `fit` call:
+    an epoch's, and after a resume the rest of the interrupted epoch (Keras would run past
+    them, into the next epoch's batches)."""
+    n = plan.config.steps_per_execution
+    left = plan.steps_per_epoch - (0 if state is None else state["step"] % plan.steps_per_epoch)
+    if plan.steps_per_epoch % n:
+        raise ValueError(
+            f"steps_per_execution={n} must divide the steps per epoch ({plan.steps_per_epoch}); "
+            f"use one of {_divisors(plan.steps_per_epoch)}, or set --steps-per-epoch to a "
+            f"multiple of {n}.")
+    if left % n:
+        raise ValueError(
+            f"The run resumes {plan.steps_per_epoch - left} steps into an epoch, and "
+            f"steps_per_execution={n} does not divide the {left} steps left in it; resume with "
+            f"--steps-per-execution set to one of {_divisors(left)}.")
+
+
+def _divisors(steps, largest=64):
+    return [d for d in range(1, min(steps, largest) + 1) if steps % d == 0]
 
 
 def initialize(model, data, config):

@@ -171,6 +171,15 @@ def test_bad_option_stops_the_cli_before_loading_data(flags, keyword, tmp_path, 
     assert not out.exists()
 
 
+def test_steps_per_execution_must_divide_the_epoch_and_nothing_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, err = _cli([*TINY, "--steps-per-epoch", "4", "--steps-per-execution", "3", "--out",
+                      str(out)], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "steps_per_execution=3 must divide the steps per epoch (4); use one of [1, 2, 4]" in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("make", [
     lambda: Glow(depth=0), lambda: Glow(levels=-1), lambda: Glow(hidden_width=0),
     lambda: RealNVP(levels=0), lambda: RealNVP(residual_blocks=0),
@@ -337,6 +346,25 @@ def test_guard_stops_a_diverging_fit_naming_the_step_and_the_layer():
                     "lower learning rate", "clipping", "n_bits"):
         assert keyword in message, message
     assert numerics.all_finite(model.weights)  # the last finite weights are back
+
+
+def test_guard_checks_a_call_of_several_steps_and_names_them():
+    """With steps_per_execution = 4 the callbacks run once per 4 steps: the guard stops after
+    the call in which the loss went non-finite, names its steps, and puts back the weights
+    from before it."""
+    keras.utils.set_random_seed(0)
+    model = _tiny_glow()
+    model.compile(optimizer=keras.optimizers.Adam(1e4), steps_per_execution=4)
+    counter = flow_callbacks.StepCounter()
+    guard = numerics.NonFiniteGuard(_Batches().dataset, counter)
+    with pytest.raises(numerics.NonFiniteLossError) as error_info:
+        model.fit(_Batches().dataset, steps_per_epoch=20, epochs=2, callbacks=[counter, guard],
+                  verbose=0, shuffle=False)
+    error = error_info.value
+    assert error.step == counter.step == 4
+    message = str(error)
+    assert "in training steps 1-4" in message and "weights after step 0" in message, message
+    assert numerics.all_finite(model.weights)
 
 
 def test_guard_catches_non_finite_weights_with_a_finite_loss():

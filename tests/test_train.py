@@ -1,5 +1,6 @@
 """train.py and keras_flow.training: outputs, CLI errors, the optimiser, resuming a killed run."""
 
+import dataclasses
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_flow import callbacks as flow_callbacks
 from keras_flow import optimizers
 from keras_flow import training
 from keras_flow.callbacks import TimedEvaluation
@@ -276,6 +278,7 @@ def test_help_documents_every_option(capsys):
     (["--beta-2", "1"], "beta_2 must be in (0, 1)"),
     (["--budget-decay"], "give --max-seconds"),
     (["--batch-shards", "-1"], "batch_shards must be >= 0"),
+    (["--steps-per-execution", "0"], "steps_per_execution must be a positive integer"),
 ])
 def test_bad_flags_give_one_line_error_and_exit_2(args, keyword, capsys):
     cli = load_script("train.py")
@@ -345,6 +348,57 @@ def test_automatic_batch_shards_need_threads_that_can_still_be_set():
         assert training.start_threads(training.TrainConfig()) == 1
         with pytest.warns(UserWarning, match="threads cannot be set"):
             assert training.start_threads(training.TrainConfig(batch_shards=2)) == 2
+
+
+def _tiny_config(out, **overrides):
+    return training.TrainConfig(**{**dict(
+        levels=1, depth=1, hidden_width=8, init_batch_size=64, num_samples=4,
+        temperatures=(0.7,), steps_per_epoch=4, epochs=2, out=str(out), verbose=0),
+        **overrides})
+
+
+def test_several_steps_per_call_train_the_same_steps(tmp_path):
+    """`steps_per_execution=2` runs the same 8 steps as 1 (the same metrics, to the bit), in
+    calls of two steps that the step counter follows."""
+    one = training.train(_tiny_config(tmp_path / "one"))
+    two = training.train(_tiny_config(tmp_path / "two", steps_per_execution=2))
+    for key in ("test_bits_per_dim", "validation_bits_per_dim", "train_bits_per_dim",
+                "steps", "optimizer_steps", "epochs"):
+        assert two[key] == one[key], key
+    assert two["steps"] == two["optimizer_steps"] == 8
+    state = json.loads((tmp_path / "two" / "checkpoints" / "state.json").read_text())
+    assert state["step"] == 8 and state["finished"]
+
+
+def test_counter_and_checkpoints_follow_calls_of_several_steps(monkeypatch):
+    """Keras runs the batch callbacks once per call, with the index of its last step: the
+    counter follows the index, and a checkpoint is saved in each call that passes a multiple
+    of `every`."""
+    counter = flow_callbacks.StepCounter(initial_step=6)
+    checkpoint = flow_callbacks.Checkpoint("unused", counter, every=6, total_steps=100)
+    saved = []
+    monkeypatch.setattr(checkpoint, "save", lambda finished=False: saved.append(counter.step))
+    counter.on_epoch_begin(1)
+    for last_index in (3, 7, 11, 15, 19):  # calls of 4 steps: steps 7-10, ..., 23-26
+        counter.on_train_batch_end(last_index)
+        checkpoint.on_train_batch_end(last_index)
+    assert counter.step == 26
+    assert saved == [14, 18, 26]  # passed 12, 18 and 24
+
+
+def test_steps_per_execution_must_divide_every_fit_call():
+    config = training.resolve_config(training.TrainConfig(steps_per_execution=8))
+    plan = training._Plan(config, Path("unused"), steps_per_epoch=100, warmup_steps=0)
+    with pytest.raises(ValueError, match=r"divide the steps per epoch \(100\).*1, 2, 4, 5"):
+        training.check_steps_per_execution(plan, None)
+    plan = training._Plan(dataclasses.replace(config, steps_per_execution=4), Path("unused"),
+                          steps_per_epoch=100, warmup_steps=0)
+    training.check_steps_per_execution(plan, {"step": 208})  # 92 left in the epoch
+    with pytest.raises(ValueError, match=r"resumes 37 steps into an epoch.*63 steps left"):
+        training.check_steps_per_execution(plan, {"step": 237})
+    with pytest.raises(ValueError, match="multi-worker"):
+        training.resolve_config(training.TrainConfig(steps_per_execution=2, out="x",
+                                                     strategy="multi-worker"))
 
 
 def test_cpu_devices_need_the_mirrored_strategy():
