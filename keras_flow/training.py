@@ -151,7 +151,7 @@ class TrainConfig:
         1, "training steps per call of the compiled step (Keras's steps_per_execution), which "
         "saves each call's fixed cost; the per-step callbacks (progress, time limit, Ctrl-C, "
         "checkpoints, the non-finite check) then act every N steps. Must divide the steps per "
-        "epoch")
+        "epoch; not with --strategy mirrored or multi-worker")
     seed: int = _option(0, "seed of the weights, data order and noise")
     max_seconds: float = _option(None, "stop training after this many seconds of wall-clock "
                                  "time, then evaluate, save and export as usual (default: no "
@@ -411,10 +411,12 @@ def _check_values(config):
          f"{', '.join(GLOW_ONLY)} and conditional are Glow options; drop them for RealNVP."),
         (config.classifier_weight and not config.conditional,
          "classifier_weight > 0 needs a class-conditional model (conditional=True)."),
-        (config.steps_per_execution > 1 and config.strategy == "multi-worker",
-         "steps_per_execution > 1 does not work with --strategy multi-worker: Keras's "
-         "BackupAndRestore, which resumes the workers, counts calls of the compiled step, not "
-         "steps. Use --steps-per-execution 1."),
+        (config.steps_per_execution > 1 and config.strategy in ("mirrored", "multi-worker"),
+         f"steps_per_execution > 1 does not work with --strategy {config.strategy}: under "
+         "MirroredStrategy Keras's loop of steps fails in TensorFlow ('You must feed a value "
+         "for placeholder tensor', keras-team/keras#19246), and multi-worker's "
+         "BackupAndRestore counts calls of the compiled step, not steps. Use "
+         "--steps-per-execution 1."),
         (config.cpu_devices is not None and config.strategy != "mirrored",
          f"cpu_devices splits the CPU into replicas for --strategy mirrored; got strategy "
          f"{config.strategy!r} (add --strategy mirrored, or drop --cpu-devices)."),

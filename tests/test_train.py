@@ -396,9 +396,10 @@ def test_steps_per_execution_must_divide_every_fit_call():
     training.check_steps_per_execution(plan, {"step": 208})  # 92 left in the epoch
     with pytest.raises(ValueError, match=r"resumes 37 steps into an epoch.*63 steps left"):
         training.check_steps_per_execution(plan, {"step": 237})
-    with pytest.raises(ValueError, match="multi-worker"):
-        training.resolve_config(training.TrainConfig(steps_per_execution=2, out="x",
-                                                     strategy="multi-worker"))
+    for strategy in ("mirrored", "multi-worker"):  # Keras's loop fails under mirrored
+        with pytest.raises(ValueError, match=f"--strategy {strategy}: .*keras#19246"):
+            training.resolve_config(training.TrainConfig(steps_per_execution=2, out="x",
+                                                         strategy=strategy))
 
 
 def test_cpu_devices_need_the_mirrored_strategy():
