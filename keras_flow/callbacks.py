@@ -182,8 +182,10 @@ class TimedEvaluation(keras.callbacks.Callback):
         self.steps = 0
         self._start = None
         self._excluded = 0.0
-        self._previous_mean = 0.0  # the epoch's running mean after the previous batch
-        self._window = []  # batch bits/dim since the last point
+        self._epoch_start = 0  # `steps` when the epoch began
+        self._epoch_steps = 0  # steps of the epoch at the previous batch callback...
+        self._previous_mean = 0.0  # ...and the epoch's running mean then
+        self._window = []  # (steps, summed bits/dim) per batch callback since the last point
 
     def training_seconds(self):
         return time.monotonic() - self._start - self._excluded
@@ -195,9 +197,14 @@ class TimedEvaluation(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._start = time.monotonic()
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start, self._epoch_steps, self._previous_mean = self.steps, 0, 0.0
+
     def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        self._record_batch(batch, logs)
+        # `batch` indexes the epoch's last step so far (with Keras's steps_per_execution a
+        # call of the compiled step runs several)
+        self.steps = self._epoch_start + batch + 1
+        self._record_steps(batch + 1, logs)
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(loss):
             self._emit({"diverged": True, "loss": float(loss)}, logs)
@@ -223,18 +230,21 @@ class TimedEvaluation(keras.callbacks.Callback):
             variable.assign(value)
         return test
 
-    def _record_batch(self, batch, logs):
-        """Recovers the bits/dim of batch `n = batch + 1` of the epoch from the running means
-        Keras logs: `b_n = n m_n - (n - 1) m_(n-1)`."""
+    def _record_steps(self, done, logs):
+        """Recovers the summed bits/dim of the epoch's steps `k + 1..n` since the previous
+        callback from the running means Keras logs after `k` and `n = done` steps:
+        `b_(k+1) + ... + b_n = n m_n - k m_k`."""
         mean = (logs or {}).get("bits_per_dim")
         if mean is None:
             return
-        self._window.append((batch + 1) * float(mean) - batch * self._previous_mean)
-        self._previous_mean = float(mean)
+        self._window.append((done - self._epoch_steps,
+                             done * float(mean) - self._epoch_steps * self._previous_mean))
+        self._epoch_steps, self._previous_mean = done, float(mean)
 
     def _emit(self, values, logs):
         train = (logs or {}).get("bits_per_dim")
-        window = float(np.mean(self._window)) if self._window else None
+        steps = sum(count for count, _ in self._window)
+        window = sum(total for _, total in self._window) / steps if steps else None
         self._window = []
         result = {"training_seconds": round(self.training_seconds(), 1), "steps": self.steps,
                   "train_bits_per_dim": None if train is None else round(float(train), 4),

@@ -219,13 +219,21 @@ def test_timed_evaluation_at_step_points_then_stops():
         TimedEvaluation(None, (1,), print, unit="epochs")
 
 
-def test_timed_evaluation_recovers_each_batch_from_the_running_means():
+def test_timed_evaluation_recovers_the_steps_from_the_running_means():
+    """From the running means Keras logs: each batch's bits/dim, or the sum over the steps of
+    one call of several (Keras's steps_per_execution; the callback then has the last step's
+    index), and the step count."""
     timed = TimedEvaluation(None, (10,), print, unit="steps")
-    batches = [5.0, 3.0, 4.0, 2.0]
-    for epoch_batches in (batches[:3], batches[3:]):  # a new epoch restarts the running mean
-        for n in range(1, len(epoch_batches) + 1):
-            timed._record_batch(n - 1, {"bits_per_dim": np.mean(epoch_batches[:n])})
-    np.testing.assert_allclose(timed._window, batches)
+    batches = [5.0, 3.0, 4.0, 2.0, 6.0, 1.0]
+    # epoch 1: steps 1-3 one by one; epoch 2 (a new running mean): a call of 2, then of 1
+    for epoch, ends in enumerate(([1, 2, 3], [2, 3])):
+        timed.on_epoch_begin(epoch)
+        epoch_batches = batches[3 * epoch:3 * epoch + 3]
+        for n in ends:
+            timed.on_train_batch_end(n - 1, {"bits_per_dim": np.mean(epoch_batches[:n])})
+    assert timed.steps == 6
+    np.testing.assert_allclose(timed._window, [(1, 5.0), (1, 3.0), (1, 4.0), (2, 8.0),
+                                               (1, 1.0)])
 
 
 # --- configuration -------------------------------------------------------------------------
