@@ -5,11 +5,12 @@
 
 Builds throughput.py's Glow for the workload (same seed, actnorms initialised on its batch),
 exports it to a temporary directory (`export_s`: the seconds `keras_flow.export` took), loads
-it with `tf.saved_model.load` (`load_s`) and times two endpoints at each `--sizes` batch size: `bits_per_dim(uint8 images)` and
-`sample_seeded(n, 0.7, seed)`. Threads as throughput.py sets them: with batch shards (0 =
-auto, the default) one intra-op thread per op and `--threads` ops at once; with
-`--batch-shards 1` (no shards) `--threads` intra- and inter-op threads, TensorFlow's usual
-setting. The endpoints take any batch size, so their graphs do not know it when traced.
+it with `tf.saved_model.load` (`load_s`) and times two endpoints at each `--sizes` batch
+size: `bits_per_dim(uint8 images)` and `sample_seeded(n, 0.7, seed)`. Threads as
+throughput.py sets them: with batch shards (0 = auto, the default) one intra-op thread per op
+and `--threads` ops at once; with `--batch-shards 1` (no shards) `--threads` intra- and
+inter-op threads, TensorFlow's usual setting. The endpoints take any batch size, so their
+graphs do not know it when traced.
 Method (throughput.py's `bench`): two untimed calls, then `--windows` windows of `--calls`
 calls; prints one JSON line per batch size with the median milliseconds per call of each
 endpoint.

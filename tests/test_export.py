@@ -187,6 +187,15 @@ def test_export_lists_the_weights_and_a_signature_per_endpoint(exported):
             == loaded.signatures["sample"].structured_input_signature)
 
 
+def test_verbose_export_prints_each_endpoint_signature(tmp_path, capsys):
+    model = tiny_glow(levels=1, depth=1, hidden_width=4)
+    model.initialize(dequantised(uint8_images(4)))
+    keras_flow.export(model, str(tmp_path / "export"), verbose=True)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("(")[0] for line in lines] == list(saved_model.ENDPOINTS)
+    assert "name='num_samples'" in lines[0] and "dtype=tf.uint8" in lines[0]
+
+
 def test_endpoint_errors_name_the_expected_shape(exported):
     loaded = tf.saved_model.load(exported.path)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"shape \[None, 8, 8, 1\]"):
