@@ -11,6 +11,7 @@ a timer around the final SavedModel export. Prints one JSON line:
   - `first_call_s`: from the start of `fit` to the end of the first call (tracing included);
   - `step_ms`: the median interval between two calls of the same epoch, after the first
     epoch, divided by the steps per call (steps and per-step callbacks; not the epoch ends);
+    null with `--epochs 1`;
   - `fit_s`, `export_s`, `total_s` (`train`'s whole run, imports excluded), and
     `test_bits_per_dim`.
 Runs with an older keras_flow on `PYTHONPATH` too, for before/after pairs (without
@@ -32,6 +33,15 @@ def parse_args(argv=None):
     p.add_argument("--steps-per-execution", type=int, default=1,
                    help="train.py's --steps-per-execution (1)")
     return p.parse_args(argv)
+
+
+def median_step_ms(calls):
+    """The median of `(t - t0) / (b - b0)` ms over consecutive calls `(epoch, b0, t0)`,
+    `(epoch, b, t)` of the same epoch after the first (the first epoch's calls include the
+    tracing); None when there are none (one epoch)."""
+    per_step = [(t - t0) * 1e3 / (b - b0) for (e0, b0, t0), (e, b, t) in zip(calls, calls[1:])
+                if e0 == e and e and b > b0]
+    return round(statistics.median(per_step), 2) if per_step else None
 
 
 def main(argv=None):
@@ -74,12 +84,10 @@ def main(argv=None):
         started = time.perf_counter()
         result = training.train(training.TrainConfig(out=folder, verbose=0, **options))
         total = time.perf_counter() - started
-    per_step = [(t - t0) * 1e3 / (b - b0) for (e0, b0, t0), (e, b, t) in zip(calls, calls[1:])
-                if e0 == e and e and b > b0]
     record = {
         "steps_per_execution": args.steps_per_execution,
         "first_call_s": round(calls[1][2] - calls[0][2], 2),
-        "step_ms": round(statistics.median(per_step), 2),
+        "step_ms": median_step_ms(calls),
         "fit_s": result["seconds"], "export_s": round(sum(export_seconds), 2),
         "total_s": round(total, 2), "test_bits_per_dim": round(result["test_bits_per_dim"], 4),
         "steps": result["steps"],
