@@ -229,12 +229,14 @@ def train(config):
         data = load_data(config)
         config = resolve_batch_shards(config, data, cores)
         plan = make_plan(config, out, data)
+        check_steps_per_execution(plan)  # before the model is built
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
             model = build_model(config, data)
             compile_model(model, plan)
             state = restore_checkpoint(model, shared, out, config)
-            check_steps_per_execution(plan, state)
+            if state is not None:
+                check_steps_per_execution(plan, state)
             if state is None:
                 initialize(model, data, config)
         files.write_json(out / "config.json", dataclasses.asdict(config))
@@ -578,10 +580,10 @@ def compile_model(model, plan):
                   steps_per_execution=config.steps_per_execution)
 
 
-def check_steps_per_execution(plan, state):
+def check_steps_per_execution(plan, state=None):
     """Raises ValueError unless `steps_per_execution` divides the steps of every `fit` call:
-    an epoch's, and after a resume the rest of the interrupted epoch (Keras would run past
-    them, into the next epoch's batches)."""
+    an epoch's, and after a resume (`state`, the restored checkpoint's) the rest of the
+    interrupted epoch (Keras would run past them, into the next epoch's batches)."""
     n = plan.config.steps_per_execution
     left = plan.steps_per_epoch - (0 if state is None else state["step"] % plan.steps_per_epoch)
     if plan.steps_per_epoch % n:

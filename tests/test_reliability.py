@@ -171,7 +171,9 @@ def test_bad_option_stops_the_cli_before_loading_data(flags, keyword, tmp_path, 
     assert not out.exists()
 
 
-def test_steps_per_execution_must_divide_the_epoch_and_nothing_is_written(tmp_path, capsys):
+def test_steps_per_execution_must_divide_the_epoch_and_nothing_is_written(tmp_path, capsys,
+                                                                         monkeypatch):
+    monkeypatch.setattr(training, "build_model", pytest.fail)  # refused before the model
     out = tmp_path / "run"
     code, err = _cli([*TINY, "--steps-per-epoch", "4", "--steps-per-execution", "3", "--out",
                       str(out)], capsys)
