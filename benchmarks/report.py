@@ -73,9 +73,11 @@ def our_config(record):
 
 
 def implementation(record):
-    """The peer's name; keras_flow's with its batch shards, when it ran with several."""
+    """The peer's name; keras_flow's with its batch shards, when it ran with several, and
+    with concrete functions, when it called them."""
     shards = record.get("batch_shards") or 1
-    return record["peer"] + (f", {shards} batch shards" if shards > 1 else "")
+    return (record["peer"] + (f", {shards} batch shards" if shards > 1 else "")
+            + (", concrete functions" if record.get("concrete_functions") else ""))
 
 
 def is_ours(peer):

@@ -97,6 +97,10 @@ def parse_args(argv=None):
     p.add_argument("--any-batch-size", action="store_true",
                    help="TensorFlow: trace the train, encode and sample functions for any "
                         "batch size (an unknown batch dimension), not the fixed one")
+    p.add_argument("--concrete-functions", action="store_true",
+                   help="TensorFlow: call the encode and sample functions as concrete "
+                        "functions (traced once for the batch's shapes), without "
+                        "tf.function's per-call dispatch")
     p.add_argument("--windows", type=int, default=5, help="timed windows; the median counts")
     p.add_argument("--window-s", type=float, default=2.0, help="target window length (s)")
     p.add_argument("--no-sample", action="store_true", help="skip the sampling measurement")
@@ -117,6 +121,8 @@ def parse_args(argv=None):
         p.error(f"--batch-shards must be >= 0 (0: auto, 1: off); got {args.batch_shards}.")
     if args.any_batch_size and args.backend != "tensorflow":
         p.error("--any-batch-size is for TensorFlow (JAX traces every batch size apart).")
+    if args.concrete_functions and args.backend != "tensorflow":
+        p.error("--concrete-functions is for TensorFlow (jax.jit has no such dispatch).")
     if args.steps_per_execution < 1:
         p.error(f"--steps-per-execution must be >= 1; got {args.steps_per_execution}.")
     return args
@@ -301,9 +307,10 @@ def bench_fit(model, data, images_per_step, windows=5, window_s=2.0, steps=None,
             "loss_first_last": [round(first.losses[0], 4), round(clock.losses[-1], 4)]}
 
 
-def compiled(fn, model, backend, jit, any_batch=False):
+def compiled(fn, model, backend, jit, any_batch=False, concrete=False):
     """`fn(*arrays)` compiled for the backend, reading the model's current weights; with
-    `any_batch` (TensorFlow), traced for any size of the arrays' first axis."""
+    `any_batch` (TensorFlow), traced for any size of the arrays' first axis; with `concrete`
+    (TensorFlow), the concrete function of the first call's shapes, called directly."""
     if backend == "jax":
         import jax
         import keras
@@ -315,15 +322,17 @@ def compiled(fn, model, backend, jit, any_batch=False):
         jitted = jax.jit(stateless) if jit else stateless
         return lambda *arrays: jitted([v.value for v in model.variables], *arrays)
     import tensorflow as tf
-    if not any_batch:
+    if not any_batch and not concrete:
         return tf.function(fn, jit_compile=bool(jit))
     traced = []
 
     def call(*arrays):
         if not traced:
-            signature = [tf.TensorSpec((None,) + tuple(array.shape[1:]), array.dtype)
+            signature = [tf.TensorSpec((None if any_batch else array.shape[0],)
+                                       + tuple(array.shape[1:]), array.dtype)
                          for array in arrays]
-            traced.append(tf.function(fn, jit_compile=bool(jit), input_signature=signature))
+            function = tf.function(fn, jit_compile=bool(jit), input_signature=signature)
+            traced.append(function.get_concrete_function() if concrete else function)
         return traced[0](*arrays)
 
     return call
@@ -404,9 +413,10 @@ def count_params(weights):
     return int(sum(math.prod(w.shape) for w in weights))
 
 
-def bits_per_dim_fn(model, backend, jit, any_batch=False):
+def bits_per_dim_fn(model, backend, jit, any_batch=False, concrete=False):
     """`model.bits_per_dim`, compiled (encoding: x -> z and the log-determinant)."""
-    return compiled(lambda images: model.bits_per_dim(images), model, backend, jit, any_batch)
+    return compiled(lambda images: model.bits_per_dim(images), model, backend, jit, any_batch,
+                    concrete)
 
 
 def precision_check(model, x, args, jit, encode_fn=None):
@@ -448,7 +458,8 @@ def main(argv=None):
     encode_stats = sample_stats = encode_fn = None
     x_tensor = ops.convert_to_tensor(x)
     if not args.no_encode:
-        encode_fn = bits_per_dim_fn(model, args.backend, jit, args.any_batch_size)
+        encode_fn = bits_per_dim_fn(model, args.backend, jit, args.any_batch_size,
+                                    args.concrete_functions)
 
         def encode(n):
             for _ in range(n):
@@ -457,7 +468,7 @@ def main(argv=None):
         encode_stats = bench(encode, batch, args.windows, args.window_s)
     if not args.no_sample:
         decode_fn = compiled(lambda *eps: model.decode(list(eps)), model, args.backend, jit,
-                             args.any_batch_size)
+                             args.any_batch_size, args.concrete_functions)
         rng = np.random.default_rng(args.seed)
 
         def sample(n):
@@ -501,6 +512,7 @@ def main(argv=None):
         "batch_shards": args.batch_shards,
         "steps_per_execution": args.steps_per_execution,
         "any_batch_size": args.any_batch_size,
+        "concrete_functions": args.concrete_functions,
         "params_all": count_params(model.weights),
         "forward_gflop_per_img": round(flops["forward"] / 1e9, 4),
         "train_gflop_per_img": round(flops["train"] / 1e9, 4),

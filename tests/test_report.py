@@ -72,3 +72,12 @@ def test_no_repeat_table_without_peers(tmp_path, capsys):
     results.write_text(json.dumps(record("keras_flow", "float32", 150.0)) + "\n")
     load_script("benchmarks/report.py").main([str(results), "--peak-gflops", "300"])
     assert "Repeat by repeat" not in capsys.readouterr().out
+
+
+def test_implementation_names_batch_shards_and_concrete_functions():
+    report = load_script("benchmarks/report.py")
+    assert report.implementation(record("normflows", "float32", 100.0)) == "normflows"
+    ours = dict(record("keras_flow", "float32", 150.0), batch_shards=2)
+    assert report.implementation(ours) == "keras_flow, 2 batch shards"
+    ours["concrete_functions"] = True
+    assert report.implementation(ours) == "keras_flow, 2 batch shards, concrete functions"

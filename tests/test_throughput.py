@@ -40,3 +40,33 @@ def test_any_batch_size_is_refused_with_jax(capsys):
     with pytest.raises(SystemExit):
         throughput.parse_args(["--backend", "jax", "--any-batch-size"])
     assert "--any-batch-size is for TensorFlow" in capsys.readouterr().err
+
+
+def test_concrete_functions_trace_once_and_agree_with_the_tf_function():
+    throughput = load_script("benchmarks/throughput.py")
+    traces = []
+
+    def scaled_sums(x, y):
+        traces.append(x.shape[0])
+        return tf.reduce_sum(x, axis=1) * y[:, 0]
+
+    x, y = np.arange(12, dtype="float32").reshape(3, 4), np.full((3, 1), 2.0, "float32")
+    concrete = throughput.compiled(scaled_sums, None, "tensorflow", jit=False, concrete=True)
+    assert isinstance(concrete(x, y), tf.Tensor)  # NumPy arrays in, as throughput.py feeds
+    np.testing.assert_allclose(concrete(tf.constant(x), y).numpy(), [12.0, 44.0, 76.0])
+    assert traces == [3]  # one trace, for the first call's shapes
+    with pytest.raises((TypeError, ValueError)):  # a concrete function takes only those
+        concrete(np.ones((5, 4), "float32"), np.ones((5, 1), "float32"))
+    any_batch = throughput.compiled(scaled_sums, None, "tensorflow", jit=False,
+                                    any_batch=True, concrete=True)
+    for rows in (3, 5):
+        assert any_batch(np.ones((rows, 4), "float32"),
+                         np.ones((rows, 1), "float32")).shape == (rows,)
+    assert traces == [3, None]
+
+
+def test_concrete_functions_are_refused_with_jax(capsys):
+    throughput = load_script("benchmarks/throughput.py")
+    with pytest.raises(SystemExit):
+        throughput.parse_args(["--backend", "jax", "--concrete-functions"])
+    assert "--concrete-functions is for TensorFlow" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_flow import Glow
 from keras_flow.layers import AdditiveCoupling
@@ -12,6 +13,7 @@ from keras_flow.layers.flow_step import COUPLINGS
 from keras_flow.layers.flow_step import PERMUTATIONS
 from keras_flow.models import GLOW_PRESETS
 from keras_flow.models.presets import preset_config
+from tests.flow_checks import perturb_weights
 from tests.flow_checks import preprocessed_images
 from tests.models.model_checks import check_gradients
 from tests.models.model_checks import check_model_round_trip
@@ -229,3 +231,22 @@ def test_small_preset_builds():
     assert Glow.from_preset("digits", depth=2, image_shape=None).depth == 2
     with pytest.raises(ValueError, match="Unknown preset"):
         Glow.from_preset("cifar100")
+
+
+def test_concrete_bits_per_dim_takes_any_batch_and_follows_the_weights():
+    """README's "Compiled inference": a concrete function of `bits_per_dim` traced for any
+    batch size gives the eager values at every size (batch shards included) and reads the
+    weights at each call."""
+    model = Glow(levels=2, depth=2, hidden_width=8, image_shape=(4, 4, 2), batch_shards=2)
+    x = preprocessed_images((5, 4, 4, 2), seed=3)
+    model.initialize(x)
+    bits_per_dim = tf.function(lambda images: model.bits_per_dim(images)).get_concrete_function(
+        tf.TensorSpec((None, 4, 4, 2), tf.float32))
+    for rows in (1, 5):
+        np.testing.assert_allclose(to_numpy(bits_per_dim(x[:rows])),
+                                   to_numpy(model.bits_per_dim(x[:rows])), rtol=1e-5)
+    before = to_numpy(bits_per_dim(x))
+    perturb_weights(model, seed=1, scale=0.05)
+    after = to_numpy(bits_per_dim(x))
+    assert np.max(np.abs(after - before)) > 1e-3
+    np.testing.assert_allclose(after, to_numpy(model.bits_per_dim(x)), rtol=1e-5)
