@@ -8,9 +8,10 @@ each batch size (the first images of the workload's batch), compiles the model's
 `bits_per_dim` twice, as throughput.py does: as a `tf.function` (the default) and as its
 concrete function for that shape (`--concrete-functions`). It then alternates rounds of
 `--calls` calls of each for `--rounds` rounds, so that each round's ratio pairs calls made
-seconds apart (separate throughput.py runs differ by up to 10% on a shared VM). Prints one JSON line per batch size: the median
-milliseconds per call of each and the median of the per-round ratios (`tf.function` time
-over concrete-function time: above 1, the concrete function is faster).
+seconds apart (separate throughput.py runs differ by up to 10% on a shared VM). Prints one
+JSON line per batch size: the median milliseconds per call of each and the median of the
+per-round ratios (`tf.function` time over concrete-function time: above 1, the concrete
+function is faster).
 """
 
 import argparse
