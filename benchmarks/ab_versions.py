@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -162,20 +161,10 @@ def run_order(args):
                models.items()}
         bpd_diff = float(np.max(np.abs(bpd["base"] - bpd["tree"])))
     for measure in args.measure:
-        calls = {name: make_call(models[name], packages[name], measure, x) for name in names}
-        for call in calls.values():
-            for _ in range(3):
-                call()
-        seconds, ratios = {"base": [], "tree": []}, []
-        for round_ in range(args.rounds):
-            spent = {}
-            for name in (names if round_ % 2 == 0 else names[::-1]):
-                start = time.perf_counter()
-                for _ in range(args.calls):
-                    calls[name]()
-                spent[name] = (time.perf_counter() - start) / args.calls
-                seconds[name].append(spent[name])
-            ratios.append(spent["base"] / spent["tree"])
+        calls = [make_call(models[name], packages[name], measure, x) for name in names]
+        seconds = dict(zip(names, throughput.alternating_rounds(calls, args.rounds, args.calls,
+                                                                warmup=3)))
+        ratios = [base / tree for base, tree in zip(seconds["base"], seconds["tree"])]
         print(json.dumps({
             "measure": measure, "order": args.order,
             "base_ms": round(1e3 * statistics.median(seconds["base"]), 3),

@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,25 +37,15 @@ def parse_args(argv=None):
     return args
 
 
-def time_per_call(fn, x, calls):
-    started = time.perf_counter()
-    for _ in range(calls):
-        throughput.block(fn(x))
-    return (time.perf_counter() - started) / calls * 1e3
-
-
 def compare(fns, x, rounds, calls):
-    """Median ms per call of each function of `fns` (two), alternating which goes first, and
-    the median of the per-round ratios first / second."""
-    for fn in fns:  # tracing and warm-up
-        for _ in range(2):
-            throughput.block(fn(x))
-    times = ([], [])
-    for r in range(rounds):
-        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
-            times[i].append(time_per_call(fns[i], x, calls))
+    """Median ms per call of each function of `fns` (two) on `x`, timed in throughput.py's
+    `alternating_rounds` after two untimed calls each, and the median of the per-round ratios
+    first / second."""
+    times = throughput.alternating_rounds([lambda fn=fn: throughput.block(fn(x)) for fn in fns],
+                                          rounds, calls)
     ratios = [a / b for a, b in zip(*times)]
-    return [round(statistics.median(t), 2) for t in times], round(statistics.median(ratios), 4)
+    return ([round(1e3 * statistics.median(t), 2) for t in times],
+            round(statistics.median(ratios), 4))
 
 
 def main(argv=None):

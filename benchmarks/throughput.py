@@ -256,6 +256,24 @@ def bench(fn, images_per_call, windows=5, window_s=2.0, calls=None):
     return window_summary(rates, cpu, calls, warm[0])
 
 
+def alternating_rounds(calls, rounds, per_round, warmup=2):
+    """Seconds per call of two no-argument functions `calls` (each blocks until its call is
+    done): `warmup` untimed calls of each, then `rounds` rounds of `per_round` calls of each,
+    the first going first in even rounds and second in odd ones. Returns the two lists of the
+    rounds' seconds per call, so that a round's ratio pairs calls made seconds apart."""
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    seconds = ([], [])
+    for round_ in range(rounds):
+        for i in ((0, 1) if round_ % 2 == 0 else (1, 0)):
+            started = time.perf_counter()
+            for _ in range(per_round):
+                calls[i]()
+            seconds[i].append((time.perf_counter() - started) / per_round)
+    return seconds
+
+
 def window_summary(rates, cpu, calls, first_call_s):
     """The median images/s and CPU ms per image of the timed windows, and how they ran."""
     return {"img_s": round(statistics.median(rates), 2),

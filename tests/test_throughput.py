@@ -1,4 +1,7 @@
-"""benchmarks/throughput.py: `--any-batch-size` traces its functions for any batch size."""
+"""benchmarks/throughput.py: its compiled functions (for any batch size, concrete) and its
+alternating timing rounds."""
+
+import time
 
 import numpy as np
 import pytest
@@ -70,3 +73,13 @@ def test_concrete_functions_are_refused_with_jax(capsys):
     with pytest.raises(SystemExit):
         throughput.parse_args(["--backend", "jax", "--concrete-functions"])
     assert "--concrete-functions is for TensorFlow" in capsys.readouterr().err
+
+
+def test_alternating_rounds_alternate_the_order_and_time_each_call():
+    throughput = load_script("benchmarks/throughput.py")
+    order = []
+    calls = [lambda: order.append("a"), lambda: (order.append("b"), time.sleep(0.002))]
+    first, second = throughput.alternating_rounds(calls, rounds=3, per_round=2, warmup=1)
+    assert order == ["a", "b"] + ["a", "a", "b", "b"] + ["b", "b", "a", "a"] + ["a", "a", "b", "b"]
+    assert len(first) == len(second) == 3
+    assert min(second) >= 0.002 > max(first)  # seconds per call, not per round
