@@ -171,17 +171,21 @@ class NonFiniteGuard(keras.callbacks.Callback):
         # last one's index in the epoch: the check covers the steps since the last one.
         self.steps = self._epoch_start + batch + 1
         first, self._checked_step = self._checked_step + 1, self.step
-        steps, within = f"training step {self.step}", "at"
-        if first < self.step:
-            steps, within = (f"training steps {first}-{self.step} (one call of the compiled "
-                             "step; with steps_per_execution=1 every step is checked)"), "in"
         loss = _scalar((logs or {}).get("loss"))
         weights_finite = self.snapshot is None or self.snapshot.update(self.step)
         if loss is not None and not math.isfinite(loss):
-            self._stop(f"Non-finite loss ({loss}) {within} {steps}")
+            within = "in" if first < self.step else "at"
+            self._stop(f"Non-finite loss ({loss}) {within} {self._steps_text(first)}")
         if not weights_finite:
-            self._stop(f"Non-finite weights after {steps} (a non-finite gradient reached the "
-                       "update; the loss was still finite)")
+            self._stop(f"Non-finite weights after {self._steps_text(first)} (a non-finite "
+                       "gradient reached the update; the loss was still finite)")
+
+    def _steps_text(self, first):
+        """The checked steps `first..step`, for the message."""
+        if first < self.step:
+            return (f"training steps {first}-{self.step} (one call of the compiled step; with "
+                    "steps_per_execution=1 every step is checked)")
+        return f"training step {self.step}"
 
     def on_epoch_end(self, epoch, logs=None):
         self.count_skipped_steps()

@@ -235,10 +235,10 @@ def train(config):
             model = build_model(config, data)
             compile_model(model, plan)
             state = restore_checkpoint(model, shared, out, config)
-            if state is not None:
-                check_steps_per_execution(plan, state)
             if state is None:
                 initialize(model, data, config)
+            else:
+                check_steps_per_execution(plan, state)
         files.write_json(out / "config.json", dataclasses.asdict(config))
         _say(config, _start_message(plan, state, strategy.num_replicas_in_sync))
         fitted = fit(model, data, plan, state)
