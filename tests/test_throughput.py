@@ -38,11 +38,12 @@ def test_any_batch_size_training_data_leaves_the_batch_size_unknown():
     assert fixed.element_spec.shape.as_list() == [6, 4, 4, 1]
 
 
-def test_any_batch_size_is_refused_with_jax(capsys):
+@pytest.mark.parametrize("flag", ["--any-batch-size", "--concrete-functions"])
+def test_tensorflow_only_flags_are_refused_with_jax(flag, capsys):
     throughput = load_script("benchmarks/throughput.py")
     with pytest.raises(SystemExit):
-        throughput.parse_args(["--backend", "jax", "--any-batch-size"])
-    assert "--any-batch-size is for TensorFlow" in capsys.readouterr().err
+        throughput.parse_args(["--backend", "jax", flag])
+    assert f"{flag} is for TensorFlow" in capsys.readouterr().err
 
 
 def test_concrete_functions_trace_once_and_agree_with_the_tf_function():
@@ -66,13 +67,6 @@ def test_concrete_functions_trace_once_and_agree_with_the_tf_function():
         assert any_batch(np.ones((rows, 4), "float32"),
                          np.ones((rows, 1), "float32")).shape == (rows,)
     assert traces == [3, None]
-
-
-def test_concrete_functions_are_refused_with_jax(capsys):
-    throughput = load_script("benchmarks/throughput.py")
-    with pytest.raises(SystemExit):
-        throughput.parse_args(["--backend", "jax", "--concrete-functions"])
-    assert "--concrete-functions is for TensorFlow" in capsys.readouterr().err
 
 
 def test_alternating_rounds_alternate_the_order_and_time_each_call():
