@@ -11,7 +11,7 @@ With `n_bins = 2**n_bits` and an 8-bit image `x` in `{0, ..., 255}`:
 ```
 bins = floor(x / 2**(8 - n_bits))              # reduce_bits, in {0, ..., n_bins - 1}
 z    = bins / n_bins - 0.5 + u / n_bins        # preprocess, in [-0.5, 0.5)
-x'   = clip(floor((z + 0.5) * n_bins) * 256 / n_bins, 0, 255)   # postprocess
+x'   = clip(floor((z + 0.5) * n_bins), 0, n_bins - 1) * 256 / n_bins   # postprocess
 ```
 
 `u ~ U(0, 1)` is uniform dequantisation noise: it spreads each discrete value
@@ -109,10 +109,15 @@ def preprocess(images, n_bits=8, noise="uniform", seed=None):
 
 
 def postprocess(x, n_bits=8):
-    """Maps floats in [-0.5, 0.5] back to uint8 images, as openai/glow does.
+    """Maps floats in [-0.5, 0.5] back to uint8 images on the `n_bits` grid.
 
-    `x' = clip(floor((x + 0.5) * n_bins) * 256 / n_bins, 0, 255)`; values
-    outside the range saturate and NaN becomes 0.
+    `x' = clip(floor((x + 0.5) * n_bins), 0, n_bins - 1) * 256 / n_bins`;
+    values outside the range saturate and NaN becomes 0. openai/glow clips
+    after scaling (to 0..255), which for `n_bits < 8` maps `x >= 0.5` to 255,
+    a value no bit-reduced image holds (4 bits: 240 is the top level); the
+    bin index is clipped here instead, so every output is a multiple of
+    `256 / n_bins` and `postprocess(preprocess(x, n_bits, "center"), n_bits)`
+    is the bit-reduced image. For `n_bits = 8` the two are the same.
 
     Args:
         x: float tensor of any shape.
@@ -124,8 +129,8 @@ def postprocess(x, n_bits=8):
     n_bins = float(num_bins(n_bits))
     x = tf.cast(x, tf.float32)
     x = tf.where(tf.math.is_nan(x), -0.5, x)
-    values = tf.floor((x + 0.5) * n_bins) * (256.0 / n_bins)
-    return tf.cast(tf.clip_by_value(values, 0.0, 255.0), tf.uint8)
+    bins = tf.clip_by_value(tf.floor((x + 0.5) * n_bins), 0.0, n_bins - 1.0)
+    return tf.cast(bins * (256.0 / n_bins), tf.uint8)
 
 
 def _uniform(shape, seed):

@@ -196,6 +196,18 @@ def test_verbose_export_prints_each_endpoint_signature(tmp_path, capsys):
     assert "name='num_samples'" in lines[0] and "dtype=tf.uint8" in lines[0]
 
 
+def test_samples_of_a_few_bits_model_are_bit_reduced_images(tmp_path):
+    """README's example: with n_bits < 8 the samples lie on the n_bits grid, saturated ones
+    too, so decode(encode(samples)) == samples."""
+    images = uint8_images(4)
+    model = tiny_glow(levels=1, depth=1, hidden_width=4, num_bins=16)
+    model.initialize(preprocessing.preprocess(images, 4, seed=1))
+    loaded = tf.saved_model.load(keras_flow.export(model, str(tmp_path / "export")))
+    samples = loaded.sample_seeded(8, 1.5, 0).numpy()
+    assert samples.max() == 240 and np.all(samples % 16 == 0)  # saturated at the top level
+    np.testing.assert_array_equal(loaded.decode(loaded.encode(samples)), samples)
+
+
 def test_endpoint_errors_name_the_expected_shape(exported):
     loaded = tf.saved_model.load(exported.path)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"shape \[None, 8, 8, 1\]"):

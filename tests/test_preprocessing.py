@@ -55,6 +55,18 @@ def test_postprocess_saturates_and_maps_nan_to_zero():
     np.testing.assert_array_equal(preprocessing.postprocess(x).numpy(), [0, 0, 255, 255, 0, 128])
 
 
+@pytest.mark.parametrize("n_bits", [1, 4, 5, 8])
+def test_postprocess_stays_on_the_bit_reduced_grid(n_bits):
+    step = 256 // 2 ** n_bits
+    x = tf.constant(np.concatenate([np.linspace(-1.0, 1.5, 1001), [0.5, np.inf]]), tf.float32)
+    images = preprocessing.postprocess(x, n_bits=n_bits).numpy().astype(int)
+    assert np.all(images % step == 0)
+    assert images.max() == 256 - step  # x >= 0.5 saturates at the top level (4 bits: 240)
+    bins = preprocessing.preprocess(ALL_VALUES, n_bits=n_bits, seed=1)
+    np.testing.assert_array_equal(preprocessing.postprocess(bins, n_bits=n_bits).numpy(),
+                                  (ALL_VALUES // step) * step)
+
+
 def test_runs_inside_tf_function_and_dataset_map():
     @tf.function
     def encode(images):
