@@ -463,6 +463,12 @@ def plot_bits_per_dim(records, path):
     plt.close(figure)
 
 
+def is_finite_loss(logs):
+    """Whether `logs` hold a finite `loss` (True without one: nothing says otherwise)."""
+    loss = (logs or {}).get("loss")
+    return loss is None or bool(np.all(np.isfinite(np.asarray(loss, dtype="float64"))))
+
+
 class Checkpoint(keras.callbacks.Callback):
     """Saves the full training state every `every` steps, at each epoch end and at the end.
 
@@ -470,8 +476,14 @@ class Checkpoint(keras.callbacks.Callback):
     optimizer's step count, moments and EMA) plus `state.json` naming that file and the
     global step; the file is written before the state that names it, and older files are
     deleted after, so a kill at any moment leaves one consistent pair. `restore` reloads it.
-    Non-finite weights are never saved: `save` raises `NonFiniteLossError` instead, so the
-    last checkpoint stays a good one.
+    Non-finite weights are never saved: `save` raises `NonFiniteLossError` instead.
+
+    Finite weights can still be bad: the loss of the step after a checkpoint is computed from
+    its weights, and may overflow. So the checkpoint before the newest is kept (`fallback` in
+    `state.json`, with `confirmed: false`) until a finite loss computed from the newest's
+    weights confirms it (at the next call's batch end, in this run or a resumed one), and
+    `settle(loss_finite)`, called when training stops at a non-finite value, puts
+    `state.json` back on it when the newest was not confirmed.
 
     Args:
         folder: the checkpoint folder (`<out>/checkpoints`).
@@ -490,11 +502,16 @@ class Checkpoint(keras.callbacks.Callback):
         self.time_limit = time_limit
         self.saved_step = None
         self._last_step = counter.step
+        self.newest = files.read_json(self.folder / CHECKPOINT_STATE)  # on disk, or None
 
     def on_train_batch_end(self, batch, logs=None):
         # at a multiple of `every`, or past one when a call ran several steps (Keras's
         # steps_per_execution): the batch callbacks then run once per call
         previous, self._last_step = self._last_step, self.counter.step
+        # this call's losses were computed from the weights of its first step, those after
+        # step `previous`: a finite loss confirms a checkpoint saved then or before
+        if is_finite_loss(logs) and self.newest is not None and self.newest["step"] <= previous:
+            self.confirm()
         if self.every and self.counter.step // self.every > previous // self.every:
             self.save()
 
@@ -502,7 +519,10 @@ class Checkpoint(keras.callbacks.Callback):
         self.save()
 
     def on_train_end(self, logs=None):
-        self.save(finished=self.finished)
+        finished = self.finished
+        self.save(finished=finished)
+        if finished:  # no step will check the last weights: drop the one kept before them
+            self.confirm()
 
     @property
     def finished(self):
@@ -521,12 +541,65 @@ class Checkpoint(keras.callbacks.Callback):
         name = f"ckpt-{step:09d}.weights.h5"
         with files.atomic_path(self.folder / name) as temporary:
             self.model.save_weights(temporary)
-        files.write_json(self.folder / CHECKPOINT_STATE,
-                         {"weights": name, "step": step, "finished": bool(finished)})
-        for old in self.folder.glob(CHECKPOINT_PATTERN):
-            if old.name != name:
-                old.unlink()
+        fallback, confirmed = self.fallback, self.confirmed
+        if self.newest is None or self.newest["weights"] != name:
+            # new weights, unchecked; an unconfirmed newest is no fallback: keep the one before
+            if self.newest is not None and confirmed:
+                fallback = self._entry(self.newest)
+            confirmed = False
+        self._write_state({"weights": name, "step": step, "finished": bool(finished),
+                           "confirmed": confirmed, "fallback": fallback})
         self.saved_step = step
+
+    @property
+    def confirmed(self):
+        """Whether a finite loss was computed from the newest checkpoint's weights (a state
+        file without the key predates the check: taken as confirmed)."""
+        return self.newest is None or self.newest.get("confirmed", True)
+
+    @property
+    def fallback(self):
+        """`{"weights", "step"}` of the checkpoint kept before an unconfirmed newest, or None."""
+        return None if self.newest is None else self.newest.get("fallback")
+
+    def confirm(self):
+        """Marks the newest checkpoint good (a finite loss was computed from its weights) and
+        deletes the one kept before it."""
+        if not self.confirmed:
+            self._write_state(dict(self.newest, confirmed=True, fallback=None))
+
+    def settle(self, loss_finite):
+        """Leaves `state.json` on the last checkpoint known to be good, after training stopped
+        at a non-finite loss (`loss_finite` False) or weight (True: the loss computed from the
+        newest checkpoint's weights was finite, which confirms it).
+
+        A non-finite loss may come from the newest checkpoint's weights if no finite loss
+        confirmed them: then `state.json` goes back to the checkpoint before it, and the
+        newest is deleted. Returns `(good, suspect)`: the state `state.json` now names if it is
+        confirmed (else None), and that of an unconfirmed checkpoint left in place because
+        none precedes it (else None)."""
+        if loss_finite or self.confirmed:
+            self.confirm()
+            return self.newest, None
+        if self.fallback is None:
+            return None, self.newest
+        self._write_state(dict(self.fallback, finished=False, confirmed=True, fallback=None))
+        self.saved_step = self.newest["step"]
+        return self.newest, None
+
+    @staticmethod
+    def _entry(state):
+        return {"weights": state["weights"], "step": state["step"]}
+
+    def _write_state(self, state):
+        """Writes `state.json`, then deletes the checkpoint files it does not name."""
+        files.write_json(self.folder / CHECKPOINT_STATE, state)
+        self.newest = state
+        keep = {state["weights"]} | ({state["fallback"]["weights"]} if state.get("fallback")
+                                     else set())
+        for old in self.folder.glob(CHECKPOINT_PATTERN):
+            if old.name not in keep:
+                old.unlink()
 
     @staticmethod
     def restore(model, folder):

@@ -15,7 +15,9 @@ weight (a non-finite gradient reached the update), it
    term, and what to try (warm-up, a lower learning rate, gradient clipping, n_bits).
 
 It raises inside `fit`, before the callbacks after it in the list, so a `Checkpoint` placed
-after the guard never saves non-finite weights and the last checkpoint stays as it was.
+after the guard never saves non-finite weights. Finite weights that give a non-finite loss
+at the next step are another matter: `Checkpoint.settle` (train.py calls it through the
+`checkpoint` argument) then goes back to the checkpoint before them.
 
 Under `mixed_float16` Keras wraps the optimizer in a `LossScaleOptimizer`, which skips the
 update of a step whose scaled gradients overflow and halves the loss scale: that is expected,
@@ -128,8 +130,9 @@ class NonFiniteGuard(keras.callbacks.Callback):
         counter: a `keras_flow.callbacks.StepCounter` giving the global step (resumed runs);
             None counts the steps of this guard's `fit` calls.
         advice: the "what to try" sentence of the message.
-        checkpoint: a text naming the last good checkpoint (a callable returning it, or
-            None), appended to the message.
+        checkpoint: a text naming the last good checkpoint, appended to the message; or a
+            callable `f(loss_finite)` returning it, called at the stop with whether the loss
+            was still finite (then the weights before the failing call were good); or None.
         snapshot: after every step (every call of the compiled step, with Keras's
             `steps_per_execution`), check that the weights are finite and keep a copy of the
             last finite ones for the diagnosis (one on-device float32 copy of the weights,
@@ -175,10 +178,12 @@ class NonFiniteGuard(keras.callbacks.Callback):
         weights_finite = self.snapshot is None or self.snapshot.update(self.step)
         if loss is not None and not math.isfinite(loss):
             within = "in" if first < self.step else "at"
-            self._stop(f"Non-finite loss ({loss}) {within} {self._steps_text(first)}")
+            self._stop(f"Non-finite loss ({loss}) {within} {self._steps_text(first)}",
+                       loss_finite=False)
         if not weights_finite:
             self._stop(f"Non-finite weights after {self._steps_text(first)} (a non-finite "
-                       "gradient reached the update; the loss was still finite)")
+                       "gradient reached the update; the loss was still finite)",
+                       loss_finite=True)
 
     def _steps_text(self, first):
         """The checked steps `first..step`, for the message."""
@@ -205,7 +210,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
         self._iterations_seen = (iterations, step)
         return self.skipped_steps
 
-    def _stop(self, what):
+    def _stop(self, what, loss_finite):
         self.model.stop_training = True
         weights_note = ""
         if self.snapshot is not None and self.snapshot.step is not None:
@@ -214,7 +219,8 @@ class NonFiniteGuard(keras.callbacks.Callback):
         finding = diagnose(self.model, *_first_batch(self.dataset))
         located = (f"Diagnosis on a training batch{weights_note}: {finding.text}"
                    if finding.where or finding.text else "")
-        checkpoint = self.checkpoint() if callable(self.checkpoint) else self.checkpoint
+        checkpoint = (self.checkpoint(loss_finite) if callable(self.checkpoint)
+                      else self.checkpoint)
         parts = [what + ".", located, self.advice, checkpoint or ""]
         raise NonFiniteLossError(" ".join(part for part in parts if part), step=self.step,
                                  where=finding.where)

@@ -652,7 +652,8 @@ def make_callbacks(model, data, plan, initial_step, interrupt=None):
     tensorboard = keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False,
                                               profile_batch=0)
     guard = numerics.NonFiniteGuard(data.train, counter, advice=_divergence_advice(config),
-                                    checkpoint=lambda: _last_checkpoint_note(out))
+                                    checkpoint=lambda loss_finite: _last_checkpoint_note(
+                                        checkpoint, loss_finite))
     stop = [] if interrupt is None else [interrupts.StopOnInterrupt(
         interrupt, checkpoint.save, lambda: _interrupted_message(plan))]
     budget = [flow_callbacks.SpendBudget(config.max_seconds, time_limit.elapsed)
@@ -676,13 +677,18 @@ def _divergence_advice(config):
     return f"Try {', '.join(tries[:-1])}, or {tries[-1]}."
 
 
-def _last_checkpoint_note(out):
-    state = files.read_json(Path(out) / "checkpoints" / flow_callbacks.CHECKPOINT_STATE)
-    if state is None:
+def _last_checkpoint_note(checkpoint, loss_finite):
+    """Where to continue from after a non-finite value (`Checkpoint.settle`)."""
+    good, suspect = checkpoint.settle(loss_finite)
+    if suspect is not None:
+        return (f"The only checkpoint (step {suspect['step']}) holds the weights this loss "
+                "was computed from, so resuming from it would stop the same way: rerun with "
+                "--overwrite (starts over) and a lower --lr or a --clip-norm.")
+    if good is None:
         return "No checkpoint had been written yet."
-    return (f"The last good checkpoint (step {state['step']}) is "
-            f"{Path(out) / 'checkpoints' / state['weights']}, unchanged; to continue from it, "
-            "rerun with the same --out and a lower --lr or a --clip-norm.")
+    return (f"The last good checkpoint (step {good['step']}) is "
+            f"{checkpoint.folder / good['weights']}; to continue from it, rerun with the same "
+            "--out and a lower --lr or a --clip-norm.")
 
 
 def _interrupted_message(plan):

@@ -419,25 +419,98 @@ def test_sampling_stays_finite_when_the_affine_scale_vanishes():
     np.testing.assert_allclose(model.decode(eps_list), x, atol=1e-2)
 
 
+def _compiled_tiny_glow():
+    model = _tiny_glow()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.build_optimizer()
+    return model
+
+
+class _Steps:
+    """Drives a `Checkpoint` of a tiny model through batch ends, as `fit` would."""
+
+    def __init__(self, folder, every):
+        self.counter = flow_callbacks.StepCounter()
+        self.checkpoint = flow_callbacks.Checkpoint(folder, self.counter, every, total_steps=100)
+        self.checkpoint.set_model(_compiled_tiny_glow())
+        self.folder = Path(folder)
+
+    def run(self, *losses):
+        for loss in losses:
+            self.counter.on_train_batch_end(self.counter.step)
+            self.checkpoint.on_train_batch_end(self.counter.step - 1, {"loss": loss})
+
+    def files(self):
+        return sorted(path.name for path in self.folder.glob("ckpt-*"))
+
+    def state(self):
+        return json.loads((self.folder / "state.json").read_text())
+
+
+def test_a_checkpoint_is_good_once_a_finite_loss_was_computed_from_its_weights(tmp_path):
+    """The loss of step k + 1 is computed from the weights saved at step k: until it is finite,
+    the checkpoint before is kept, and a non-finite loss goes back to it."""
+    steps = _Steps(tmp_path, every=2)
+    steps.run(1.0, 1.0)  # saved at 2, unchecked
+    assert steps.state()["step"] == 2 and not steps.state()["confirmed"]
+    steps.run(1.0)  # step 3's loss is computed from step 2's weights
+    assert steps.state()["confirmed"] and steps.files() == ["ckpt-000000002.weights.h5"]
+    steps.run(1.0)  # saved at 4: step 2's is kept until a loss confirms step 4's
+    assert steps.files() == ["ckpt-000000002.weights.h5", "ckpt-000000004.weights.h5"]
+    steps.run(float("nan"))  # step 5's loss, from step 4's weights
+    good, suspect = steps.checkpoint.settle(loss_finite=False)
+    assert good["step"] == 2 and suspect is None
+    assert steps.state()["step"] == 2 and steps.files() == ["ckpt-000000002.weights.h5"]
+    resumed = _Steps(tmp_path, every=2)  # a rerun resumes from step 2's weights
+    assert flow_callbacks.Checkpoint.restore(_compiled_tiny_glow(), tmp_path)["step"] == 2
+    assert resumed.checkpoint.confirmed
+
+
+def test_a_non_finite_weight_confirms_the_checkpoint_and_a_first_one_is_suspect(tmp_path):
+    steps = _Steps(tmp_path / "weights", every=2)
+    steps.run(1.0, 1.0)
+    good, suspect = steps.checkpoint.settle(loss_finite=True)  # the loss of step 3 was finite
+    assert good["step"] == 2 and suspect is None and steps.state()["confirmed"]
+    steps = _Steps(tmp_path / "first", every=2)
+    steps.run(1.0, 1.0, float("nan"))
+    good, suspect = steps.checkpoint.settle(loss_finite=False)
+    assert good is None and suspect["step"] == 2 and steps.state()["step"] == 2
+
+
+def test_an_unconfirmed_checkpoint_stays_unconfirmed_across_a_resume(tmp_path):
+    """Ctrl-C saves the weights of the current step in its batch end: that batch end's finite
+    loss does not confirm them, nor does a restart; the fallback survives in state.json."""
+    steps = _Steps(tmp_path, every=2)
+    steps.run(1.0, 1.0, 1.0)  # 2 saved and confirmed
+    steps.counter.on_train_batch_end(steps.counter.step)
+    steps.checkpoint.save()  # Ctrl-C at step 4, before the checkpoint's own batch end
+    steps.checkpoint.on_train_batch_end(3, {"loss": 1.0})
+    assert steps.state()["step"] == 4 and not steps.state()["confirmed"]
+    resumed = _Steps(tmp_path, every=2)
+    resumed.counter.step = 4
+    resumed.checkpoint._last_step = 4
+    assert resumed.checkpoint.fallback["step"] == 2
+    good, _ = resumed.checkpoint.settle(loss_finite=False)  # step 5's loss was not finite
+    assert good["step"] == 2
+
+
 @pytest.mark.slow
-def test_diverging_training_keeps_the_last_good_checkpoint(tmp_path, capsys):
+def test_diverging_training_says_which_checkpoint_to_continue_from(tmp_path, capsys):
+    """The loss of step 2 is computed from the weights saved at step 1: the message must not
+    offer that checkpoint, and the rerun it advises trains."""
     out = tmp_path / "run"
-    args = [*TINY, "--lr", "1e6", "--warmup", "0", "--checkpoint-every", "1",
-            "--steps-per-epoch", "20", "--epochs", "1", "--out", str(out)]
-    code, err = _cli(args, capsys)
+    args = [*TINY, "--warmup", "0", "--checkpoint-every", "1", "--steps-per-epoch", "20",
+            "--epochs", "1", "--out", str(out)]
+    code, err = _cli([*args, "--lr", "1e6"], capsys)
     assert code == 3 and err.count("\n") == 1, err
     assert err.startswith("error: Non-finite loss") and "at training step 2" in err
-    assert "/step_0_0/" in err and "--lr" in err and "checkpoint (step 1)" in err
+    assert "/step_0_0/" in err and "--lr" in err
+    assert "The only checkpoint (step 1)" in err and "--overwrite" in err, err
     state = json.loads((out / "checkpoints" / "state.json").read_text())
-    assert state["step"] == 1 and not (out / "metrics.json").exists()
-    config = training.resolve_config(training.TrainConfig(
-        levels=1, depth=1, hidden_width=8, lr=1e6, warmup="0", steps_per_epoch=20, epochs=1,
-        out=str(out)))
-    loaded = training.load_data(config)
-    model = training.build_model(config, loaded)
-    training.compile_model(model, training.make_plan(config, out, loaded))
-    assert flow_callbacks.Checkpoint.restore(model, out / "checkpoints")["step"] == 1
-    assert numerics.all_finite(model.weights)
+    assert state["step"] == 1 and not state["confirmed"] and not (out / "metrics.json").exists()
+    code, err = _cli([*args, "--lr", "1e-3", "--overwrite"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 20
 
 
 # --- interruptions -------------------------------------------------------------------------
