@@ -6,6 +6,7 @@ initialisation first, so an identity-initialised layer cannot pass by doing noth
 """
 
 import numpy as np
+import pytest
 import keras
 from keras import ops
 
@@ -150,6 +151,20 @@ def check_mixed_precision(make_layer, x, policy, atol):
     assert dtype_name(y_low[0] if isinstance(y_low, (tuple, list)) else y_low) == "float32"
 
 
+def check_rejects_other_channels(layer, x):
+    """A built layer that fixed its channel count refuses an image with one channel more,
+    in both directions, instead of broadcasting it (a shape-preserving layer's inverse takes
+    the forward's channels)."""
+    if getattr(layer, "built_channels", None) is None:
+        return
+    wider = np.concatenate([x, x[..., :1]], axis=-1)
+    for inverse in (False, True):
+        if inverse and not isinstance(layer.expected_channels(True), int):
+            continue
+        with pytest.raises(ValueError, match="was built for images of"):
+            layer(wider, inverse=inverse)
+
+
 def run_flow_checks(make_layer, shape, tmp_path, perturb_scale=0.3, seed=0, atol=1e-5,
                     tiny_shape=(2, 4, 4, 4), make_inputs=random_images):
     """Every check of the layer contract, for a layer factory `make_layer(**kwargs)`.
@@ -163,6 +178,7 @@ def run_flow_checks(make_layer, shape, tmp_path, perturb_scale=0.3, seed=0, atol
     perturb_weights(layer, scale=perturb_scale)
     check_round_trip(layer, x, atol=atol)
     check_serialization(layer, x, tmp_path)
+    check_rejects_other_channels(layer, x)
     tiny = make_layer()
     xt = make_inputs(tiny_shape, seed + 1)
     tiny(xt)

@@ -43,9 +43,15 @@ class FlowLayer(FloatFlowPath, keras.layers.Layer):
     """
 
     def call(self, inputs, inverse=False, **kwargs):
+        check_input_channels(self, inputs, self.expected_channels(inverse))
         if inverse:
             return self.inverse_call(inputs, **kwargs)
         return self.forward(inputs, **kwargs)
+
+    def expected_channels(self, inverse):
+        """The channel count of the input in this direction (a tuple for a tuple input), or
+        None for any: by default that of the build (`require_channels`) in both directions."""
+        return getattr(self, "built_channels", None)
 
     def inverse(self, outputs, **kwargs):
         """Latent -> data: `self(outputs, inverse=True)`; returns `(inputs, log_det)`."""
@@ -111,11 +117,34 @@ def require_rank4(layer, input_shape):
 
 
 def require_channels(layer, input_shape):
-    """Returns the static channel count, raising if it is unknown."""
+    """Returns the static channel count, raising if it is unknown, and records it as the
+    layer's `built_channels`, which `FlowLayer.call` then requires of its inputs."""
     require_rank4(layer, input_shape)
     channels = input_shape[-1]
     if channels is None:
         raise ValueError(
             f"{layer.__class__.__name__} '{layer.name}' needs a known channel count; "
             f"received shape {tuple(input_shape)}.")
+    layer.built_channels = int(channels)
     return int(channels)
+
+
+def check_input_channels(layer, inputs, expected):
+    """Raises `ValueError` unless each tensor of `inputs` (one, or a tuple) is an image with
+    the `expected` channels (an int, a tuple of them, or None for any)."""
+    if expected is None:
+        return
+    tensors = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    for tensor, channels in zip(tensors, expected):
+        shape = tuple(tensor.shape)
+        require_rank4(layer, shape)
+        if shape[-1] is not None and shape[-1] != channels:
+            built = layer.built_channels
+            needs = "" if channels == built else f", so this input needs {channels}"
+            raise ValueError(
+                f"{layer.__class__.__name__} '{layer.name}' was built for images of {built} "
+                f"channels{needs}; received shape {shape}. A layer builds on its first call: "
+                "use a new layer for other images (a layer that changes the shape, such as "
+                "Split2D, must be built with the forward input's shape before an inverse "
+                "call).")

@@ -106,6 +106,12 @@ class Split2D(FlowLayer):
         self.zero_log_scale_factor = float(zero_log_scale_factor)
 
     def build(self, input_shape):
+        if input_shape and isinstance(input_shape[0], (tuple, list)):
+            raise ValueError(
+                f"Split2D '{self.name}' builds from the forward input, (batch_size, height, "
+                f"width, channels); received the inverse's (z1, eps) shapes {input_shape}. "
+                "Call it forward once, or build((batch_size, height, width, channels)), "
+                "before an inverse call.")
         channels = require_channels(self, input_shape)
         if channels < 2:
             raise ValueError(
@@ -119,6 +125,12 @@ class Split2D(FlowLayer):
                                     log_scale_factor=self.zero_log_scale_factor,
                                     dtype=self.dtype_policy)
             self.prior.build(tuple(input_shape[:-1]) + (self.kept_channels,))
+
+    def expected_channels(self, inverse):
+        """Forward: the built channels; inverse: `(z1, eps)` channels (or `z1`'s alone)."""
+        if not inverse or not self.built:
+            return super().expected_channels(inverse)
+        return self.kept_channels, self.factored_channels
 
     def _mean_and_log_std(self, kept):
         if not self.learned:

@@ -80,8 +80,10 @@ def test_split_log_det_plus_standard_normal_is_the_conditional_gaussian():
 
 def test_split_samples_at_a_temperature_when_eps_is_missing():
     layer = Split2D()
+    layer.build((None, 4, 4, 4))  # the forward input's shape
     kept = random_images((256, 4, 4, 2))
     z0, _ = layer(kept, inverse=True, temperature=0.0)
+    assert z0.shape == (256, 4, 4, 4)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(z0)[..., 2:], 0.0)
     z, _ = layer(kept, inverse=True, temperature=0.5, seed=3)
     assert keras.ops.convert_to_numpy(z)[..., 2:].std() == pytest.approx(0.5, rel=0.05)
@@ -92,3 +94,17 @@ def test_standard_normal_log_prob_is_float32_even_for_float16():
     lp = keras.ops.convert_to_numpy(standard_normal_log_prob(eps))
     assert lp.dtype == np.float32 and np.all(np.isfinite(lp))
     np.testing.assert_allclose(lp, 64 * 64 * 3 * -0.5 * (np.log(2 * np.pi) + 9.0), rtol=1e-5)
+
+
+def test_split_refuses_latents_of_other_channels_and_an_inverse_first_call():
+    x = random_images((2, 4, 4, 4))
+    split = Split2D()
+    (z1, eps), _ = split(x)
+    with pytest.raises(ValueError, match="so this input needs 2; received shape"):
+        split(x, inverse=True)  # the forward input given as z1
+    with pytest.raises(ValueError, match="so this input needs 2"):
+        split((z1, np.concatenate([eps, eps], axis=-1)), inverse=True)
+    with pytest.raises(ValueError, match="builds from the forward input"):
+        Split2D()((z1, eps), inverse=True)
+    with pytest.raises(ValueError, match="so this input needs 1"):
+        Split2D()(z1, inverse=True)  # built as if z1 were the 2-channel forward input
