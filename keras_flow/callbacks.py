@@ -21,6 +21,7 @@ from keras_flow.image_grid import make_grid
 from keras_flow.image_grid import save_png
 from keras_flow.numerics import NonFiniteLossError
 from keras_flow.numerics import all_finite
+from keras_flow.numerics import is_finite_loss
 from keras_flow.optimizers import learning_rate_schedule_of
 from keras_flow.optimizers import unwrapped
 
@@ -461,12 +462,6 @@ def plot_bits_per_dim(records, path):
     with files.atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100)
     plt.close(figure)
-
-
-def is_finite_loss(logs):
-    """Whether `logs` hold a finite `loss` (True without one: nothing says otherwise)."""
-    loss = (logs or {}).get("loss")
-    return loss is None or bool(np.all(np.isfinite(np.asarray(loss, dtype="float64"))))
 
 
 class Checkpoint(keras.callbacks.Callback):

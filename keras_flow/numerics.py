@@ -242,6 +242,12 @@ def optimizer_steps(optimizer):
     return int(keras.ops.convert_to_numpy(optimizer.iterations))
 
 
+def is_finite_loss(logs):
+    """Whether the batch `logs` hold a finite `loss` (True without one: nothing says otherwise)."""
+    loss = _scalar((logs or {}).get("loss"))
+    return loss is None or math.isfinite(loss)
+
+
 def _scalar(value):
     if value is None:
         return None
