@@ -226,8 +226,8 @@ def load(
     if with_labels and source.class_names is None:
         raise ValueError(
             f"{dataset!r} has no labels, so with_labels=True cannot work. Use "
-            "with_labels=False, or add labels (folder: one sub-folder per class; "
-            "npz: an array y)."
+            "with_labels=False (CLI: drop --conditional), or add labels (folder: one "
+            "sub-folder per class; npz: an array y)."
         )
     resize, pad, image_shape = _size_plan(source.image_shape, image_size, levels, fit, dataset)
     spans = _split(source, validation_fraction, test_fraction)

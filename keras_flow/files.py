@@ -56,6 +56,20 @@ def _fsync_folder(folder):
         os.close(descriptor)
 
 
+def check_folder_path(folder, what):
+    """Raises `ValueError` if a file stands where `folder` (named `what` in the message, e.g.
+    "--out") or the nearest of its parents that exists should be a folder, so a writer learns
+    it before it starts rather than when it first writes."""
+    path = Path(folder).absolute()
+    for candidate in (path, *path.parents):
+        if candidate.is_dir():
+            return
+        if candidate.exists():
+            where = ("is a file" if candidate == path
+                     else f"cannot be created: {candidate} is a file")
+            raise ValueError(f"{what} {folder} {where}, not a folder; choose another {what}.")
+
+
 def remove_temporaries(folder):
     """Deletes what killed writers left in `folder` (not recursive): temporary files
     (`.*.tmp-*`) and partial export folders (`.*.partial-*`)."""

@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from keras_flow import files
 from keras_flow.image_grid import make_grid
 from keras_flow.image_grid import save_png
 
@@ -57,6 +58,22 @@ def _argument_problem(args):
         return f"--temperature must be >= 0; received {args.temperature}"
     if args.columns is not None and args.columns < 1:
         return f"--columns must be >= 1; received {args.columns}"
+    if args.seed is not None and not -2 ** 31 <= args.seed < 2 ** 31:
+        return f"--seed must fit in 32 bits (-2147483648..2147483647); received {args.seed}"
+    return _out_problem(args.out)
+
+
+def _out_problem(out):
+    """Why the grid cannot be written to `out`, or None."""
+    if os.path.isdir(out):
+        return (f"--out {out!r} is a folder; name a file in it, such as "
+                f"{os.path.join(out, 'grid.png')!r}")
+    if not out.lower().endswith(".png"):
+        return f"--out must name a .png file (the grid is written as PNG); received {out!r}"
+    try:
+        files.check_folder_path(os.path.dirname(os.path.abspath(out)), "--out folder")
+    except ValueError as error:
+        return str(error)
     return None
 
 

@@ -470,6 +470,7 @@ def check_output_folder(out, config):
     """Refuses (`ValueError`) a folder that holds a finished run or a run of a different
     configuration (`lr` and `clip_norm` may change); with `config.overwrite` it deletes that
     run's files (`RUN_FILES`) instead."""
+    files.check_folder_path(out, "--out")
     saved = files.read_json(out / "config.json")
     finished = (out / "metrics.json").exists()
     if config.overwrite and (saved is not None or finished):

@@ -292,6 +292,22 @@ def test_sample_command_errors_are_one_line(exported, capsys, args, message):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+def test_sample_command_refuses_an_out_it_cannot_write_before_sampling(exported, tmp_path,
+                                                                        capsys):
+    (tmp_path / "a_file").touch()
+    for out, message in [(tmp_path, "is a folder; name a file in it"),
+                         (tmp_path / "grid.jpg", "--out must name a .png file"),
+                         (tmp_path / "a_file" / "grid.png", "a_file is a file, not a folder")]:
+        with pytest.raises(SystemExit) as exit_info:
+            sample_cli.main([exported.path, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and err.count("\n") == 1, err
+    with pytest.raises(SystemExit):
+        sample_cli.main([exported.path, "--seed", str(2 ** 33), "--out", "x.png"])
+    assert "--seed must fit in 32 bits" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]
+
+
 def test_export_of_a_sharded_model_shards_any_batch_size(trained, tmp_path):
     """A model with batch shards exports endpoints that shard every batch they get (the
     endpoints take any batch size), and compute the unsharded model's values, also for a

@@ -261,6 +261,49 @@ def test_labels_must_match_the_conditioning():
             call()
 
 
+def test_labels_must_be_integers_in_range_one_per_image():
+    x = preprocessed_images((4, 8, 8, 1))
+    model = _tiny_glow(num_classes=3)
+    for labels in (np.array([0, 1, 2, 7]), [0, -1, 2, 1]):
+        with pytest.raises(ValueError, match=r"Labels must be in 0..2 \(num_classes=3\)"):
+            model.bits_per_dim(x, labels)
+    with pytest.raises(ValueError, match="got values from 5 to 9"):
+        model.sample(2, labels=np.array([5, 9]))
+    with pytest.raises(ValueError, match="integer class indices in 0..2; got dtype float"):
+        model.sample(2, labels=np.array([0.5, 1.7]))
+    with pytest.raises(ValueError, match="Received 4 images but 2 labels"):
+        model.bits_per_dim(x, np.array([0, 1]))
+    assert model.sample(2, labels=[0, 2]).shape == (2, 8, 8, 1)
+
+
+def test_integer_images_name_the_preprocessing():
+    model = _tiny_glow()
+    model.compile(optimizer="adam")
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1)).astype("uint8")
+    batches = tf.data.Dataset.from_tensor_slices(images).batch(2)
+    for call in (model.bits_per_dim, model.encode, model.initialize,
+                 lambda x: model.fit(x, batch_size=2, verbose=0),
+                 lambda x: model.fit(batches, verbose=0, shuffle=False)):
+        with pytest.raises(ValueError, match=r"images are uint8.*preprocessing.preprocess"):
+            call(images)
+
+
+def test_latents_and_options_of_the_wrong_kind_are_refused():
+    model = _tiny_glow()  # one level: latents of shape (4, 4, 4)
+    shape = model.latent_shapes[0]
+    wrong = [np.zeros((2, shape[0] * 2, shape[1] * 2, shape[2]), "float32")]
+    with pytest.raises(ValueError, match=r"decode's latent 0 has shape \(2, 8, 8, 4\)"):
+        model.decode(wrong)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        model.sample(2, temperature=np.float32(-1))
+    with pytest.raises(ValueError, match="integers >= 1; got levels=1.5"):
+        Glow(levels=1.5)
+    with pytest.raises(ValueError, match="got residual_blocks=0"):
+        RealNVP(residual_blocks=0)
+    x = preprocessed_images((2, 8, 8, 1))
+    np.testing.assert_allclose(model.encode(x.tolist())[1], model.encode(x)[1], rtol=1e-6)
+
+
 def test_non_finite_or_unpreprocessed_inputs():
     model = Glow(levels=1, depth=1, hidden_width=4, image_shape=(8, 8, 1))
     images = preprocessed_images((4, 8, 8, 1))
@@ -292,6 +335,16 @@ def test_output_folder_of_another_run_is_refused_naming_the_keys(tmp_path, capsy
     assert json.loads((out / "config.json").read_text())["depth"] == 2
     with pytest.raises(ValueError, match="depth"):
         training.output_folder(training.resolve_config(training.TrainConfig(out=str(out))))
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_data_is_loaded(tmp_path, capsys,
+                                                                     monkeypatch):
+    (tmp_path / "a_file").write_text("mine")
+    monkeypatch.setattr(training, "load_data", lambda config: pytest.fail("data loaded"))
+    for out in (tmp_path / "a_file", tmp_path / "a_file" / "run"):
+        code, err = _cli(["--out", str(out)], capsys)
+        assert code == 2 and err.count("\n") == 1 and "a_file is a file, not a folder" in err
+    assert (tmp_path / "a_file").read_text() == "mine"
 
 
 def test_overwrite_starts_over_in_a_folder_of_another_run(tmp_path):

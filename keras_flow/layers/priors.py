@@ -11,6 +11,7 @@ every prior, means and scales stay learned). Latents eps are float32 under every
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_flow.layers.base import FLOW_DTYPE
@@ -54,8 +55,10 @@ def zero_image_like(z):
 
 
 def check_labels(num_classes, labels):
-    """Raises `ValueError` for labels given to an unconditional prior (`num_classes == 0`), or
-    none given to a class-conditional one."""
+    """Raises `ValueError` for labels given to an unconditional prior (`num_classes == 0`),
+    none given to a class-conditional one, or labels that are not integers in
+    `0..num_classes - 1` (their values are checked when they are host arrays: NumPy, lists;
+    a label outside the range would select no class at all)."""
     if num_classes and labels is None:
         raise ValueError(
             f"This model is class-conditional (num_classes={num_classes}); pass labels, int "
@@ -64,6 +67,20 @@ def check_labels(num_classes, labels):
         raise ValueError(
             "Labels were given to an unconditional model; drop them, or build the model with "
             "num_classes > 0 (CLI: --conditional).")
+    if labels is None:
+        return
+    if isinstance(labels, (list, tuple, int)):
+        labels = np.asarray(labels)
+    dtype = keras.backend.standardize_dtype(labels.dtype)
+    if not dtype.startswith(("int", "uint")):
+        raise ValueError(
+            f"Labels must be integer class indices in 0..{num_classes - 1}; got dtype {dtype}. "
+            "Cast whole-number labels with labels.astype('int32').")
+    if isinstance(labels, np.ndarray) and labels.size and (
+            labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"Labels must be in 0..{num_classes - 1} (num_classes={num_classes}); got values "
+            f"from {labels.min()} to {labels.max()}.")
 
 
 @keras.saving.register_keras_serializable(package="keras_flow")

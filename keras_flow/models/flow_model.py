@@ -48,6 +48,26 @@ def tf_distribute():
     return distribute
 
 
+def check_positive_ints(model, **values):
+    """Raises `ValueError` unless every value is an integer >= 1 (not a bool or a float)."""
+    bad = {name: value for name, value in values.items()
+           if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1}
+    if bad:
+        raise ValueError(
+            f"{model} needs {', '.join(values)} to be integers >= 1; got "
+            + ", ".join(f"{name}={value!r}" for name, value in bad.items()) + ".")
+
+
+def check_float_images(images, what="images"):
+    """Raises `ValueError` for integer or boolean images: a flow models dequantised floats."""
+    dtype = keras.backend.standardize_dtype(images.dtype)
+    if not dtype.startswith(("float", "bfloat")):
+        raise ValueError(
+            f"The {what} are {dtype}; a flow takes dequantised float images in [-0.5, 0.5). "
+            "Preprocess uint8 images with keras_flow.preprocessing.preprocess(images, n_bits) "
+            "(keras_flow.data.load does it).")
+
+
 def check_not_empty(shape, what):
     """Raises `ValueError` for a batch of static size 0 (TensorFlow's oneDNN convolutions
     would fail on it with an unrelated message)."""
@@ -203,7 +223,13 @@ class FlowModel(FloatFlowPath, keras.Model):
                 f"channels); received {shape[1:]}. Resize or convert the images (grey <-> RGB) "
                 "to that shape, or build a new model for them.")
         check_not_empty(shape, "images")
+        check_float_images(images)
         self.check_labels(labels)
+        if labels is not None:
+            count = tuple(labels.shape)[:1] if hasattr(labels, "shape") else (len(labels),)
+            if count and None not in (count[0], shape[0]) and count[0] != shape[0]:
+                raise ValueError(f"Received {shape[0]} images but {count[0]} labels; pass one "
+                                 "label per image.")
 
     def check_labels(self, labels):
         """Raises `ValueError` for labels given to an unconditional model, or none given to a
@@ -249,6 +275,14 @@ class FlowModel(FloatFlowPath, keras.Model):
                 f"decode needs {self.levels} latents (one per level, shapes "
                 f"{self.latent_shapes}); received {len(eps_list)}. Use encode()'s full list, "
                 "or sample() to draw the missing levels.")
+        for level, (eps, shape) in enumerate(zip(eps_list, self.latent_shapes)):
+            got = tuple(eps.shape)
+            if len(got) != len(shape) + 1 or any(
+                    dim is not None and dim != want for dim, want in zip(got[1:], shape)):
+                raise ValueError(
+                    f"decode's latent {level} has shape {got}; this model's latents have shapes "
+                    f"{self.latent_shapes} after the batch axis. Use encode()'s outputs, or "
+                    "latent_noise(n) for new ones.")
         check_not_empty(tuple(eps_list[0].shape), "latents")
         shards = self.map_shards(self.decode_batch, list(eps_list), labels)
         return shards[0] if len(shards) == 1 else ops.concatenate(shards, axis=0)
@@ -294,6 +328,7 @@ class FlowModel(FloatFlowPath, keras.Model):
             model; shapes `self.latent_shapes`) and `log|det d eps / d x|`, float32
             `(batch_size,)`.
         """
+        images = images if hasattr(images, "shape") else ops.convert_to_tensor(images)
         self.check_inputs(images, labels)
         eps_list, log_det, _ = self.encode_with_top(images, labels, training=False)
         return eps_list, log_det
@@ -442,7 +477,7 @@ class FlowModel(FloatFlowPath, keras.Model):
     def latent_noise(self, num_samples, temperature=1.0, seed=None):
         """Standard normal latents scaled by `temperature`, one per level (float32)."""
         self.check_built()
-        if isinstance(temperature, (int, float)) and not temperature >= 0:
+        if isinstance(temperature, numbers.Real) and not temperature >= 0:
             raise ValueError(f"temperature must be >= 0 (0: the mode, 1: the model's own "
                              f"spread); got {temperature}.")
         noise = []

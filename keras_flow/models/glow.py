@@ -11,6 +11,7 @@ from keras_flow.layers.priors import TopPrior
 from keras_flow.layers.shared_weights import shared_derived_weights
 from keras_flow.layers.squeeze import Squeeze
 from keras_flow.models.flow_model import FlowModel
+from keras_flow.models.flow_model import check_positive_ints
 from keras_flow.models.flow_model import image_input_shape
 from keras_flow.models.presets import GLOW_PRESETS
 from keras_flow.models.presets import preset_config
@@ -87,10 +88,7 @@ class Glow(FlowModel):
         super().__init__(num_bins=num_bins, num_classes=num_classes,
                          classifier_weight=classifier_weight, image_shape=image_shape,
                          seed=seed, **kwargs)
-        if int(levels) < 1 or int(depth) < 1 or int(hidden_width) < 1:
-            raise ValueError(
-                f"Glow needs levels >= 1, depth >= 1 and hidden_width >= 1; got levels={levels}, "
-                f"depth={depth}, hidden_width={hidden_width}.")
+        check_positive_ints("Glow", levels=levels, depth=depth, hidden_width=hidden_width)
         if permutation not in PERMUTATIONS:
             raise ValueError(f"Unknown permutation {permutation!r}; choose one of {PERMUTATIONS}.")
         if coupling not in COUPLINGS:

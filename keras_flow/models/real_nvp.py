@@ -9,6 +9,7 @@ from keras_flow.layers.priors import Split2D
 from keras_flow.layers.priors import TopPrior
 from keras_flow.layers.squeeze import Squeeze
 from keras_flow.models.flow_model import FlowModel
+from keras_flow.models.flow_model import check_positive_ints
 from keras_flow.models.flow_model import image_input_shape
 from keras_flow.models.presets import REALNVP_PRESETS
 from keras_flow.models.presets import preset_config
@@ -53,11 +54,8 @@ class RealNVP(FlowModel):
             raise ValueError(
                 "RealNVP has no class-conditional prior; use Glow(num_classes=...) for labels.")
         super().__init__(num_bins=num_bins, image_shape=None, seed=seed, **kwargs)
-        if int(levels) < 1 or int(hidden_width) < 1 or int(residual_blocks) < 1:
-            raise ValueError(
-                f"RealNVP needs levels >= 1, hidden_width >= 1 and residual_blocks >= 1; got "
-                f"levels={levels}, hidden_width={hidden_width}, "
-                f"residual_blocks={residual_blocks}.")
+        check_positive_ints("RealNVP", levels=levels, hidden_width=hidden_width,
+                            residual_blocks=residual_blocks)
         self.levels = int(levels)
         self.hidden_width = int(hidden_width)
         self.residual_blocks = int(residual_blocks)

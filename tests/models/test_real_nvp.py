@@ -99,7 +99,7 @@ def test_invalid_arguments_raise_with_the_fix():
         model.decode(eps_list[:1])
     with pytest.raises(ValueError, match="not divisible by 2\\*\\*levels = 4.*Pad or resize"):
         RealNVP(levels=3, hidden_width=2, residual_blocks=1, image_shape=(6, 6, 3))
-    with pytest.raises(ValueError, match="levels >= 1"):
+    with pytest.raises(ValueError, match="integers >= 1; got levels=0"):
         RealNVP(levels=0)
 
 
