@@ -482,8 +482,8 @@ def _compiled_tiny_glow():
 class _Steps:
     """Drives a `Checkpoint` of a tiny model through batch ends, as `fit` would."""
 
-    def __init__(self, folder, every):
-        self.counter = flow_callbacks.StepCounter()
+    def __init__(self, folder, every, initial_step=0):
+        self.counter = flow_callbacks.StepCounter(initial_step)
         self.checkpoint = flow_callbacks.Checkpoint(folder, self.counter, every, total_steps=100)
         self.checkpoint.set_model(_compiled_tiny_glow())
         self.folder = Path(folder)
@@ -539,9 +539,7 @@ def test_an_unconfirmed_checkpoint_stays_unconfirmed_across_a_resume(tmp_path):
     steps.checkpoint.save()  # Ctrl-C at step 4, before the checkpoint's own batch end
     steps.checkpoint.on_train_batch_end(3, {"loss": 1.0})
     assert steps.state()["step"] == 4 and not steps.state()["confirmed"]
-    resumed = _Steps(tmp_path, every=2)
-    resumed.counter.step = 4
-    resumed.checkpoint._last_step = 4
+    resumed = _Steps(tmp_path, every=2, initial_step=4)
     assert resumed.checkpoint.fallback["step"] == 2
     good, _ = resumed.checkpoint.settle(loss_finite=False)  # step 5's loss was not finite
     assert good["step"] == 2

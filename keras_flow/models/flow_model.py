@@ -48,10 +48,14 @@ def tf_distribute():
     return distribute
 
 
+def is_positive_int(value):
+    """Whether `value` is an integer >= 1 (not a bool or a float)."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= 1
+
+
 def check_positive_ints(model, **values):
-    """Raises `ValueError` unless every value is an integer >= 1 (not a bool or a float)."""
-    bad = {name: value for name, value in values.items()
-           if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1}
+    """Raises `ValueError` unless every value is an integer >= 1 (`is_positive_int`)."""
+    bad = {name: value for name, value in values.items() if not is_positive_int(value)}
     if bad:
         raise ValueError(
             f"{model} needs {', '.join(values)} to be integers >= 1; got "
@@ -161,8 +165,7 @@ class FlowModel(FloatFlowPath, keras.Model):
     def __init__(self, num_bins=256, num_classes=0, classifier_weight=0.0, image_shape=None,
                  seed=0, batch_shards=1, **kwargs):
         super().__init__(**kwargs)
-        if (isinstance(batch_shards, bool) or not isinstance(batch_shards, numbers.Integral)
-                or batch_shards < 1):
+        if not is_positive_int(batch_shards):
             raise ValueError(f"batch_shards must be a positive integer (1: no sharding); got "
                              f"{batch_shards!r}.")
         if int(num_bins) < 2:
