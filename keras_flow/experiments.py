@@ -33,9 +33,7 @@ import numpy as np
 from keras import ops
 
 from keras_flow import data as flow_data
-from keras_flow.layers.priors import standard_normal_log_prob
 from keras_flow.models import Glow
-from keras_flow.models.flow_model import LN2
 
 SUMMARY_COLUMNS = (  # (history key, title, format); "<key>_std" adds "± std" over seeds
     ("variant", "variant", "{}"),
@@ -132,28 +130,16 @@ def reconstruction_error(model, images, labels=None):
 
 
 def bits_per_dim_breakdown(model, images, labels=None):
-    """Splits the mean bits/dim of a batch into terms that add up to it.
-
-    With `D = H W C` dimensions per image and latents `eps_1 .. eps_L` (the top one last):
-
-        bits/dim = sum_l -log N(eps_l; 0, I) / (D ln 2)     one term per level
-                   - log|det d eps / d x| / (D ln 2)         the flow's volume change, with
-                                                             the learned priors' scales
-                   + log2(num_bins)                          discretisation (8 for 8 bits)
+    """The batch means of `model.bits_per_dim_terms` (`keras_flow.models.objective`): one
+    term per level, the log-det (with the learned priors' scales) and the discretisation.
 
     Returns:
         dict `{"level 1": ..., ..., "level L": ..., "log-det": ..., "discretisation": ...,
-        "total": ...}` of floats (batch means, bits/dim); `total` equals
+        "total": ...}` of floats (bits/dim); `total` equals
         `mean(model.bits_per_dim(images, labels))`.
     """
-    eps_list, log_det = model.encode(images, labels)
-    scale = 1.0 / (model.num_dims * LN2)
-    terms = {f"level {index + 1}": -float(ops.mean(standard_normal_log_prob(eps))) * scale
-             for index, eps in enumerate(eps_list)}
-    terms["log-det"] = -float(ops.mean(log_det)) * scale
-    terms["discretisation"] = math.log2(model.num_bins)
-    terms["total"] = sum(terms.values())
-    return terms
+    terms = model.bits_per_dim_terms(images, labels)
+    return {name: float(ops.mean(term)) for name, term in terms.items()}
 
 
 def interpolate_latents(eps_start, eps_end, num_steps):

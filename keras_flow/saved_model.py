@@ -40,6 +40,7 @@ import tempfile
 import tensorflow as tf
 
 from keras_flow import preprocessing
+from keras_flow.models import objective
 from keras_flow.models.flow_model import FlowModel
 
 ENDPOINTS = ("sample", "sample_seeded", "encode", "decode", "bits_per_dim", "metadata")
@@ -233,8 +234,8 @@ class FlowEndpoints:
     def bits_per_dim(self, images, labels=None):
         latents, log_det = self.encode_graph(self._preprocess(images, labels, "bits_per_dim"),
                                              *_given(labels))
-        # FlowModel.bits_per_dim's formula, on the flat latent (the same sum over dimensions).
-        return self.model._bits_per_dim(self.model._log_prob([latents], log_det))
+        # The objective on the flat latent (the same sum over dimensions).
+        return self.model.bits_from_log_prob(objective.log_prob([latents], log_det))
 
     def metadata(self):
         return {"image_shape": tf.constant(self.image_shape, tf.int32),

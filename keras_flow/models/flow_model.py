@@ -16,10 +16,8 @@ from keras_flow.layers.base import FLOW_DTYPE
 from keras_flow.layers.base import FloatFlowPath
 from keras_flow.layers.convolutions import ZeroConv2D
 from keras_flow.layers.priors import check_labels
-from keras_flow.layers.priors import standard_normal_log_prob
 from keras_flow.layers.shared_weights import shared_derived_weights
-
-LN2 = math.log(2.0)
+from keras_flow.models import objective
 PREPROCESSED_TOLERANCE = 1e-3  # slack on [-0.5, 0.5] for the inputs' range check
 
 
@@ -337,32 +335,36 @@ class FlowModel(FloatFlowPath, keras.Model):
         return eps_list, log_det
 
     def log_prob(self, images, labels=None):
-        """`log p(x)` in nats per example, float32 `(batch_size,)` (density of the input)."""
-        eps_list, log_det = self.encode(images, labels)
-        return self._log_prob(eps_list, log_det)
+        """`log p(x)` in nats per example, float32 `(batch_size,)` (density of the input;
+        `keras_flow.models.objective.log_prob`)."""
+        return objective.log_prob(*self.encode(images, labels))
 
     def bits_per_dim(self, images, labels=None):
         """Bits per dimension of each example, float32 `(batch_size,)`, with the discretisation
-        term: `(-log p(x) + D log(num_bins)) / (D ln 2)`."""
-        return self._bits_per_dim(self.log_prob(images, labels))
+        term: `(-log p(x) + D log(num_bins)) / (D ln 2)` (`objective.bits_per_dim`)."""
+        return self.bits_from_log_prob(self.log_prob(images, labels))
 
-    def _log_prob(self, eps_list, log_det):
-        return log_det + sum(standard_normal_log_prob(eps) for eps in eps_list)
+    def bits_per_dim_terms(self, images, labels=None):
+        """Each example's bits/dim split into per-level prior terms, the log-det term and the
+        discretisation term (`objective.bits_per_dim_terms`): a dict of float32
+        `(batch_size,)` tensors whose `"total"` equals `bits_per_dim(images, labels)`."""
+        eps_list, log_det = self.encode(images, labels)
+        return objective.bits_per_dim_terms(eps_list, log_det, self.num_dims, self.num_bins)
 
-    def _bits_per_dim(self, log_prob):
-        dims = float(self.num_dims)
-        return (-log_prob + dims * math.log(self.num_bins)) / (dims * LN2)
+    def bits_from_log_prob(self, log_prob):
+        """`objective.bits_per_dim` of `log p(x)` (nats per example) for this model's image size
+        and `num_bins`."""
+        return objective.bits_per_dim(log_prob, self.num_dims, self.num_bins)
 
     def call(self, inputs, training=None):
         images, labels = unpack_inputs(inputs)
         self.check_inputs(images, labels)
         eps_list, log_det, z_top = self.encode_with_top(images, labels, training=training)
-        bits = self._bits_per_dim(self._log_prob(eps_list, log_det))
-        objective = ops.mean(bits)
+        bits = self.bits_from_log_prob(objective.log_prob(eps_list, log_det))
+        loss = ops.mean(bits)
         if self.classifier_weight:
-            objective = objective + self.classifier_weight * ops.mean(
-                self._classifier_bits(z_top, labels))
-        self.add_loss(objective)
+            loss = loss + self.classifier_weight * ops.mean(self._classifier_bits(z_top, labels))
+        self.add_loss(loss)
         return bits
 
     def _classifier_bits(self, z_top, labels):
@@ -372,7 +374,7 @@ class FlowModel(FloatFlowPath, keras.Model):
                           "float32")
         xent = keras.losses.sparse_categorical_crossentropy(
             ops.cast(labels, "int32"), logits, from_logits=True)
-        return xent / LN2
+        return xent / objective.LN2
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             **kwargs):

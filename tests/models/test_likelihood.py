@@ -117,9 +117,9 @@ def test_bits_per_dim_formula():
                                (-log_prob + dims * math.log(256)) / (dims * math.log(2)),
                                rtol=1e-6)
     zero = np.zeros(2, "float32")
-    np.testing.assert_allclose(to_numpy(model._bits_per_dim(zero)), 8.0, rtol=1e-7)
+    np.testing.assert_allclose(to_numpy(model.bits_from_log_prob(zero)), 8.0, rtol=1e-7)
     five_bit = Glow(levels=2, depth=1, hidden_width=4, num_bins=32, image_shape=(4, 4, 2))
-    np.testing.assert_allclose(to_numpy(five_bit._bits_per_dim(zero)), 5.0, rtol=1e-7)
+    np.testing.assert_allclose(to_numpy(five_bit.bits_from_log_prob(zero)), 5.0, rtol=1e-7)
 
 
 def test_untrained_glow_on_uniform_8_bit_data():
