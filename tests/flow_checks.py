@@ -100,8 +100,8 @@ class LayerHolder(keras.Model):
         super().__init__(**kwargs)
         self.flow = flow
 
-    def call(self, inputs):
-        outputs, log_det = self.flow(inputs)
+    def call(self, inputs, **kwargs):
+        outputs, log_det = self.flow(inputs, **kwargs)
         return flatten_outputs(outputs), log_det
 
     def get_config(self):

@@ -84,7 +84,7 @@ def pointwise_gradient_report():
     convolution, through `jax.grad` under `jax.jit`."""
     import jax
 
-    from keras_flow.layers.convolutions import pointwise_conv
+    from keras_flow.kernels.pointwise import pointwise_conv
 
     rng = np.random.default_rng(5)
     x = random_images((2, 4, 5, 6), seed=4)

@@ -1,7 +1,6 @@
 """The invertible layers of Glow and RealNVP, one concept per module, one contract (`base.py`)."""
 
 from keras_flow.layers.actnorm import Actnorm
-from keras_flow.layers.actnorm import data_dependent_init
 from keras_flow.layers.base import FlowLayer
 from keras_flow.layers.batch_norm_flow import BatchNormFlow
 from keras_flow.layers.convolutions import EdgePaddedConv2D

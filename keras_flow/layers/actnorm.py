@@ -1,8 +1,5 @@
 """Activation normalisation (Glow, section 3.1) with explicit data-dependent initialisation."""
 
-import contextlib
-import threading
-
 import keras
 from keras import ops
 
@@ -10,30 +7,6 @@ from keras_flow.layers.base import FlowLayer
 from keras_flow.layers.base import require_channels
 from keras_flow.layers.base import spatial_size
 from keras_flow.layers.base import per_example
-from keras_flow.layers.shared_weights import derived
-
-_scope = threading.local()
-
-
-@contextlib.contextmanager
-def data_dependent_init():
-    """Scope in which every not-yet-initialised `Actnorm` initialises itself from its input.
-
-    Used by `model.initialize(batch)`: one eager forward pass in this scope initialises every
-    actnorm in network order, each on the output of the (already initialised) layers before it,
-    as openai/glow does. Outside the scope an actnorm never changes its values from data, so a
-    compiled training step or a reloaded model cannot re-initialise it.
-    """
-    previous = getattr(_scope, "active", False)
-    _scope.active = True
-    try:
-        yield
-    finally:
-        _scope.active = previous
-
-
-def in_data_dependent_init():
-    return getattr(_scope, "active", False)
 
 
 @keras.saving.register_keras_serializable(package="keras_flow")
@@ -49,7 +22,10 @@ class Actnorm(FlowLayer):
     `initialize(x)` sets `b = -mean(x)` and `s = log(scale / (std(x) + epsilon))` over the batch
     and spatial axes, so the outputs on that batch have zero mean and standard deviation `scale`
     per channel. It is computed in float32 whatever the policy, and recorded in the saved,
-    non-trainable `initialized` weight so that a reloaded layer never re-initialises.
+    non-trainable `initialized` weight so that a reloaded layer never re-initialises. A forward
+    call with `initialize=True` (the model's `initialize(batch)` passes it down) first
+    initialises a layer that is not yet initialised from its input; no other call does, so a
+    compiled training step or a reloaded model never re-initialises it.
 
     Args:
         log_scale_factor: multiplier of the stored log-scale (openai/glow: 3.0).
@@ -59,6 +35,7 @@ class Actnorm(FlowLayer):
     Call arguments:
         inputs: `(batch_size, height, width, channels)`.
         inverse: direction (False: data -> latent).
+        initialize: forward only: initialise from `inputs` first if not yet initialised.
 
     Returns:
         `(outputs, log_det)`: outputs of the input's shape; float32 log-det `(batch_size,)`.
@@ -112,23 +89,20 @@ class Actnorm(FlowLayer):
         """`(scale, shift)`, float32 `(channels,)`, with `forward(x) = x * scale + shift`:
         `scale = exp(s)`, `shift = b * exp(s)`. A convolution followed by this actnorm can fold
         them into its kernel and bias (see `EdgePaddedConv2D.call`)."""
-        return derived(self, "output_affine", self._output_affine)
-
-    def _output_affine(self):
         scale = self._scale()
         return scale, self.bias * scale
 
     def _scale(self):
         """`exp(s)`, float32 `(channels,)`."""
-        return derived(self, "scale", lambda: ops.exp(self._scale_log()))
+        return ops.exp(self._scale_log())
 
-    def forward(self, inputs):
-        if in_data_dependent_init() and not self.is_initialized:
+    def _forward(self, inputs, initialize=False, **kwargs):
+        if initialize and not self.is_initialized:
             self.initialize(inputs)
         outputs = (ops.cast(inputs, "float32") + self.bias) * self._scale()
         return ops.cast(outputs, inputs.dtype), self._log_det(inputs)
 
-    def inverse_call(self, outputs):
+    def _inverse(self, outputs, **kwargs):
         inputs = ops.cast(outputs, "float32") * ops.exp(-self._scale_log()) - self.bias
         return ops.cast(inputs, outputs.dtype), -self._log_det(outputs)
 

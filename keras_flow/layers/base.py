@@ -36,31 +36,40 @@ class FloatFlowPath:
 class FlowLayer(FloatFlowPath, keras.layers.Layer):
     """Base class of the invertible layers: `call(inputs, inverse=False) -> (outputs, log_det)`.
 
-    Subclasses implement `forward(inputs)` and `inverse_call(outputs)`, each returning
-    `(values, log_det)`. Users call the layer (`layer(x)` / `layer(z, inverse=True)`) or
-    `layer.inverse(z)`, which is a thin `self(z, inverse=True)` so that Keras's autocasting and
-    name scopes apply in both directions.
+    Users call the layer (`layer(x)`, `layer(z, inverse=True)`) or its two symmetric public
+    methods, `forward(x)` and `inverse(z)`, both through `__call__`, so that Keras's building,
+    autocasting and name scopes apply in both directions. Subclasses implement the private
+    hooks `_forward(inputs, **kwargs)` and `_inverse(outputs, **kwargs)`, each returning
+    `(values, log_det)`, as TensorFlow Probability's bijectors do.
+
+    Keyword arguments reach the hooks unchanged, so a layer made of flow layers passes them on:
+    `training` (Keras's flag, for layers with batch statistics) and, in the forward direction,
+    `initialize=True` during the model's data-dependent initialisation (`Actnorm`); a layer
+    ignores those it does not use.
     """
 
-    def call(self, inputs, inverse=False, **kwargs):
+    def call(self, inputs, inverse=False, training=None, **kwargs):
         check_input_channels(self, inputs, self.expected_channels(inverse))
-        if inverse:
-            return self.inverse_call(inputs, **kwargs)
-        return self.forward(inputs, **kwargs)
+        hook = self._inverse if inverse else self._forward
+        return hook(inputs, training=training, **kwargs)
 
     def expected_channels(self, inverse):
         """The channel count of the input in this direction (a tuple for a tuple input), or
         None for any: by default that of the build (`require_channels`) in both directions."""
         return getattr(self, "built_channels", None)
 
+    def forward(self, inputs, **kwargs):
+        """Data -> latent: `self(inputs, **kwargs)`; returns `(outputs, log_det)`."""
+        return self(inputs, **kwargs)
+
     def inverse(self, outputs, **kwargs):
-        """Latent -> data: `self(outputs, inverse=True)`; returns `(inputs, log_det)`."""
+        """Latent -> data: `self(outputs, inverse=True, **kwargs)`; returns `(inputs, log_det)`."""
         return self(outputs, inverse=True, **kwargs)
 
-    def forward(self, inputs, **kwargs):  # pragma: no cover - abstract
+    def _forward(self, inputs, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def inverse_call(self, outputs, **kwargs):  # pragma: no cover - abstract
+    def _inverse(self, outputs, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def compute_output_spec(self, inputs, inverse=False, **kwargs):

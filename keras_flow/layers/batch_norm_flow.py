@@ -53,9 +53,6 @@ class BatchNormFlow(FlowLayer):
         self.moving_mean = weight("moving_mean", "zeros", False)
         self.moving_variance = weight("moving_variance", "ones", False)
 
-    def call(self, inputs, inverse=False, training=None):
-        return super().call(inputs, inverse=inverse, training=training)
-
     def _moments(self, inputs, training):
         if not training:
             return self.moving_mean, self.moving_variance
@@ -70,7 +67,7 @@ class BatchNormFlow(FlowLayer):
     def _log_scale(self, variance):
         return self.log_gamma - 0.5 * ops.log(variance + self.epsilon)
 
-    def forward(self, inputs, training=None):
+    def _forward(self, inputs, training=None, **kwargs):
         mean, variance = self._moments(inputs, training)
         log_scale = self._log_scale(variance)
         x = ops.cast(inputs, "float32")
@@ -78,7 +75,7 @@ class BatchNormFlow(FlowLayer):
         log_det = per_example(spatial_size(inputs) * ops.sum(log_scale), inputs)
         return ops.cast(outputs, inputs.dtype), log_det
 
-    def inverse_call(self, outputs, training=None):
+    def _inverse(self, outputs, training=None, **kwargs):
         log_scale = self._log_scale(self.moving_variance)
         y = ops.cast(outputs, "float32")
         inputs = (y - self.beta) * ops.exp(-log_scale) + self.moving_mean

@@ -4,19 +4,18 @@ import keras
 from keras import ops
 
 from keras_flow.layers.actnorm import Actnorm
-from keras_flow.layers.actnorm import in_data_dependent_init
 from keras_flow.layers.convolutions import EdgePaddedConv2D
 from keras_flow.layers.convolutions import WeightNormConv2D
 from keras_flow.layers.convolutions import ZeroConv2D
 
 
-def normalized_conv(conv, actnorm, inputs):
+def normalized_conv(conv, actnorm, inputs, initialize=False):
     """`actnorm(conv(inputs))`, with the actnorm folded into the convolution's kernel and bias
     (`EdgePaddedConv2D.call(x, output_scale, output_shift)`): the same function without the
-    elementwise passes. During data-dependent initialisation the actnorm runs on the
-    convolution's output, which it needs to see."""
-    if in_data_dependent_init():
-        outputs, _ = actnorm(conv(inputs))
+    elementwise passes. During data-dependent initialisation (`initialize=True`) the actnorm
+    runs on the convolution's output, which it needs to see."""
+    if initialize:
+        outputs, _ = actnorm(conv(inputs), initialize=True)
         return outputs
     scale, shift = actnorm.output_affine()
     return conv(inputs, output_scale=scale, output_shift=shift)
@@ -67,9 +66,9 @@ class GlowCouplingNetwork(keras.layers.Layer):
         self.norm_hidden.build(hidden_shape)
         self.conv_out.build(hidden_shape)
 
-    def call(self, inputs):
-        hidden = normalized_conv(self.conv_in, self.norm_in, inputs)
-        hidden = normalized_conv(self.conv_hidden, self.norm_hidden, ops.relu(hidden))
+    def call(self, inputs, training=None, initialize=False):
+        hidden = normalized_conv(self.conv_in, self.norm_in, inputs, initialize)
+        hidden = normalized_conv(self.conv_hidden, self.norm_hidden, ops.relu(hidden), initialize)
         return self.conv_out(ops.relu(hidden))
 
     def compute_output_shape(self, input_shape):
@@ -128,7 +127,7 @@ class ResNetCouplingNetwork(keras.layers.Layer):
         self.norm_out.build(hidden_shape)
         self.conv_out.build(hidden_shape)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, initialize=False):
         hidden = self.conv_in(inputs)
         for norm_a, conv_a, norm_b, conv_b in self.blocks:
             branch = conv_a(ops.relu(norm_a(hidden, training=training)))

@@ -108,11 +108,11 @@ class Coupling(FlowLayer):
         parts = [unchanged, changed] if self.mask_parity == 0 else [changed, unchanged]
         return ops.concatenate(parts, axis=-1)
 
-    def _parameters(self, inputs):
+    def _parameters(self, inputs, **kwargs):
         """`(changed, unchanged, shift, scale, log_scale)`, all but the first two float32;
         `scale` and `log_scale` are None for a volume-preserving coupling."""
         given, changed, unchanged, active = self._split(inputs)
-        shift, scale, log_scale = self.shift_and_scale(self.network(given))
+        shift, scale, log_scale = self.shift_and_scale(self.network(given, **kwargs))
         shift = ops.cast(shift, "float32")
         if active is not None:  # the given pixels pass through: shift 0, scale 1
             active = ops.cast(active, "float32")
@@ -122,8 +122,8 @@ class Coupling(FlowLayer):
                 scale = ops.where(active > 0.5, scale, 1.0)
         return changed, unchanged, shift, scale, log_scale
 
-    def forward(self, inputs):
-        changed, unchanged, shift, scale, log_scale = self._parameters(inputs)
+    def _forward(self, inputs, **kwargs):
+        changed, unchanged, shift, scale, log_scale = self._parameters(inputs, **kwargs)
         outputs = ops.cast(changed, "float32") + shift
         if scale is None:
             log_det = zero_log_det(inputs)
@@ -132,8 +132,8 @@ class Coupling(FlowLayer):
             log_det = sum_per_example(log_scale)
         return self._merge(unchanged, ops.cast(outputs, changed.dtype)), log_det
 
-    def inverse_call(self, outputs):
-        changed, unchanged, shift, scale, log_scale = self._parameters(outputs)
+    def _inverse(self, outputs, **kwargs):
+        changed, unchanged, shift, scale, log_scale = self._parameters(outputs, **kwargs)
         inputs = ops.cast(changed, "float32")
         if scale is None:
             log_det = zero_log_det(outputs)

@@ -80,17 +80,17 @@ class FlowStep(FlowLayer):
         for flow in self.flows:
             flow.build(input_shape)
 
-    def forward(self, inputs):
+    def _forward(self, inputs, **kwargs):
         total = 0.0
         for flow in self.flows:
-            inputs, log_det = flow(inputs)
+            inputs, log_det = flow(inputs, **kwargs)
             total = total + log_det
         return inputs, total
 
-    def inverse_call(self, outputs):
+    def _inverse(self, outputs, **kwargs):
         total = 0.0
         for flow in reversed(self.flows):
-            outputs, log_det = flow(outputs, inverse=True)
+            outputs, log_det = flow(outputs, inverse=True, **kwargs)
             total = total + log_det
         return outputs, total
 

@@ -8,7 +8,6 @@ from keras_flow.layers.base import FlowLayer
 from keras_flow.layers.base import per_example
 from keras_flow.layers.base import require_channels
 from keras_flow.layers.base import spatial_size
-from keras_flow.layers.shared_weights import derived
 
 
 def random_rotation(channels, seed):
@@ -112,9 +111,6 @@ class InvConv1x1(FlowLayer):
         """The float32 `(channels, channels)` matrix `W`."""
         if not self.lu_decomposed:
             return self.kernel
-        return derived(self, "weight_matrix", self._lu_product)
-
-    def _lu_product(self):
         lower = self.lower * self._lower_mask + self._eye
         upper = (self.upper * ops.transpose(self._lower_mask)
                  + ops.diag(self.sign * ops.exp(self.log_s)))
@@ -128,14 +124,13 @@ class InvConv1x1(FlowLayer):
         _, log_abs = ops.slogdet(ops.cast(self.kernel, wide))
         return ops.cast(log_abs, "float32")
 
-    def forward(self, inputs):
+    def _forward(self, inputs, **kwargs):
         log_det = per_example(spatial_size(inputs) * self.log_abs_det(), inputs)
         return mix_channels(inputs, self.weight_matrix()), log_det
 
-    def inverse_call(self, outputs):
+    def _inverse(self, outputs, **kwargs):
         log_det = per_example(-spatial_size(outputs) * self.log_abs_det(), outputs)
-        inverse = derived(self, "inverse", lambda: ops.inv(self.weight_matrix()))
-        return mix_channels(outputs, inverse), log_det
+        return mix_channels(outputs, ops.inv(self.weight_matrix())), log_det
 
     def get_config(self):
         config = super().get_config()

@@ -32,12 +32,12 @@ class LogitTransform(FlowLayer):
     def _log_det(self, p):
         return sum_per_example(math.log(1.0 - 2.0 * self.alpha) - ops.log(p) - ops.log1p(-p))
 
-    def forward(self, inputs):
+    def _forward(self, inputs, **kwargs):
         p = self.alpha + (1.0 - 2.0 * self.alpha) * (ops.cast(inputs, "float32") + 0.5)
         outputs = ops.log(p) - ops.log1p(-p)
         return ops.cast(outputs, inputs.dtype), self._log_det(p)
 
-    def inverse_call(self, outputs):
+    def _inverse(self, outputs, **kwargs):
         p = ops.sigmoid(ops.cast(outputs, "float32"))
         inputs = (p - self.alpha) / (1.0 - 2.0 * self.alpha) - 0.5
         return ops.cast(inputs, outputs.dtype), -self._log_det(p)

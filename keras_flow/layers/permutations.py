@@ -33,10 +33,10 @@ class ChannelPermutation(FlowLayer):
             name="inverse_permutation", shape=(channels,), dtype="int32", trainable=False,
             initializer=keras.initializers.Constant(np.argsort(order).astype("int32")))
 
-    def forward(self, inputs):
+    def _forward(self, inputs, **kwargs):
         return ops.take(inputs, self.permutation, axis=-1), zero_log_det(inputs)
 
-    def inverse_call(self, outputs):
+    def _inverse(self, outputs, **kwargs):
         return ops.take(outputs, self.inverse_permutation, axis=-1), zero_log_det(outputs)
 
 

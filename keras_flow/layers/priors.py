@@ -156,12 +156,12 @@ class Split2D(FlowLayer):
         return deinterleave_channels(
             self.prior(kept if self.conditional else zero_image_like(kept)))
 
-    def forward(self, inputs):
+    def _forward(self, inputs, **kwargs):
         kept, factored = split_channels(inputs, self.kept_channels)
         eps, log_det = standardize(factored, *self._mean_and_log_std(kept))
         return (kept, eps), log_det
 
-    def inverse_call(self, outputs, temperature=1.0, seed=None):
+    def _inverse(self, outputs, temperature=1.0, seed=None, **kwargs):
         if isinstance(outputs, (tuple, list)):
             kept, eps = outputs
         else:
@@ -249,13 +249,13 @@ class TopPrior(FlowLayer):
             return None, None
         return split_channels(h, self.channels)
 
-    def forward(self, inputs, labels=None):
+    def _forward(self, inputs, labels=None, **kwargs):
         mean, log_std = self._mean_and_log_std(inputs, labels)
         if mean is None:
             return ops.cast(inputs, "float32"), zero_log_det(inputs)
         return standardize(inputs, mean, log_std)
 
-    def inverse_call(self, outputs, labels=None):
+    def _inverse(self, outputs, labels=None, **kwargs):
         mean, log_std = self._mean_and_log_std(outputs, labels)
         if mean is None:
             return ops.cast(outputs, FLOW_DTYPE), zero_log_det(outputs)

@@ -34,7 +34,7 @@ class Squeeze(FlowLayer):
                 f"{tuple(input_shape)}. Pad or resize the images so that height and width are "
                 "divisible by 2**levels (keras_flow.data does this with fit='pad').")
 
-    def forward(self, inputs):
+    def _forward(self, inputs, **kwargs):
         _, height, width, channels = inputs.shape
         shape = ops.shape(inputs)
         x = ops.reshape(inputs, (shape[0], shape[1] // 2, 2, shape[2] // 2, 2, channels))
@@ -42,7 +42,7 @@ class Squeeze(FlowLayer):
         outputs = ops.reshape(x, (shape[0], shape[1] // 2, shape[2] // 2, channels * 4))
         return outputs, zero_log_det(inputs)
 
-    def inverse_call(self, outputs):
+    def _inverse(self, outputs, **kwargs):
         channels = outputs.shape[-1]
         if channels % 4:
             raise ValueError(

@@ -9,14 +9,12 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_flow.kernels import batch_shards
 from keras_flow.layers.actnorm import Actnorm
-from keras_flow.layers.actnorm import data_dependent_init
-from keras_flow.layers.actnorm import in_data_dependent_init
 from keras_flow.layers.base import FLOW_DTYPE
 from keras_flow.layers.base import FloatFlowPath
 from keras_flow.layers.convolutions import ZeroConv2D
 from keras_flow.layers.priors import check_labels
-from keras_flow.layers.shared_weights import shared_derived_weights
 from keras_flow.models import objective
 PREPROCESSED_TOLERANCE = 1e-3  # slack on [-0.5, 0.5] for the inputs' range check
 
@@ -78,29 +76,6 @@ def check_not_empty(shape, what):
                          "one example.")
 
 
-def dynamic_shard_bounds(batch, shards):
-    """`[ceil(batch * i / n) for i = 0..n]` (n = `shards`) for a batch size `batch` that is a
-    tensor; `[0, None]` when it is None (a symbolic Keras input)."""
-    if batch is None:
-        return [0, None]
-    return [0] + [(batch * index + shards - 1) // shards for index in range(1, shards)] + [batch]
-
-
-def run_on_rows(fn, tensors, labels, start, stop):
-    """`fn` of rows `start:stop` of `tensors` and `labels` (every output of `fn` is per row).
-
-    Tensor bounds (`dynamic_shard_bounds`) may leave the shard empty: it then runs on the row
-    `stop - 1` and keeps none of its outputs' rows, since TensorFlow's oneDNN convolutions
-    fail on an empty batch. A non-empty shard keeps all of them (an identity slice)."""
-    static = isinstance(start, int) and isinstance(stop, int)
-    first = start if static else ops.minimum(start, stop - 1)
-    outputs = fn([tensor[first:stop] for tensor in tensors],
-                 None if labels is None else labels[first:stop])
-    if static:
-        return outputs
-    return keras.tree.map_structure(lambda tensor: tensor[:stop - start], outputs)
-
-
 def check_preprocessed(images, what="images"):
     """Raises `ValueError` if `images` (NumPy-convertible) hold NaN/Inf, and warns if they
     leave [-0.5, 0.5], the range of `keras_flow.preprocessing.preprocess` (other continuous
@@ -132,8 +107,8 @@ class ActnormCheck(keras.callbacks.Callback):
 class FlowModel(FloatFlowPath, keras.Model):
     """Base of the multi-scale flows: exact likelihood in bits/dim, encode/decode, sampling.
 
-    A subclass builds its layers and implements `encode_batch(x, labels, training)` ->
-    `(eps_list, log_det, z_top)` and `decode_batch(eps_list, labels)`, and sets `latent_shapes` in
+    A subclass builds its layers and implements `encode_batch(x, labels, training, initialize)`
+    -> `(eps_list, log_det, z_top)` (passing `training` and `initialize` to its flow layers) and `decode_batch(eps_list, labels)`, and sets `latent_shapes` in
     `build`. This class turns that into:
 
         log p(x) = sum_levels log N(eps; 0, I) + log|det d eps / d x|     (nats per example)
@@ -146,15 +121,10 @@ class FlowModel(FloatFlowPath, keras.Model):
     Inputs are preprocessed images in [-0.5, 0.5) (see `keras_flow.preprocessing`), or a dict
     `{"image": ..., "label": int}` for a class-conditional model.
 
-    `batch_shards` = n > 1 encodes (and decodes) a batch as n slices of it, each through the
-    whole flow, and concatenates the results: the same function (every output is per
-    example), but n independent branches in the traced graph, which TensorFlow's inter-op
-    threads run on n cores at once. With one intra-op thread per op
-    (`keras_flow.cpu_threads`) that is data parallelism across the CPU's cores inside one
-    step, with one set of weights. It needs a
-    static batch size (a smaller or unknown one runs as one shard, as does the data-dependent
-    initialisation); subclasses whose training uses batch statistics set
-    `shards_in_training = False`. It is saved with the model's config; set the attribute
+    `batch_shards` = n > 1 encodes (and decodes) a batch as n slices of it side by side
+    (`keras_flow.kernels.batch_shards`: data parallelism over the CPU's cores inside one step);
+    the data-dependent initialisation runs as one shard, and subclasses whose training uses
+    batch statistics set `shards_in_training = False`. It is saved with the model's config; set the attribute
     before the first `fit` / traced call to change it.
     """
 
@@ -188,7 +158,8 @@ class FlowModel(FloatFlowPath, keras.Model):
                                          name="classifier", dtype=self.dtype_policy)
 
     # --- to be provided by the subclasses -------------------------------------------------
-    def encode_batch(self, images, labels=None, training=None):  # pragma: no cover
+    def encode_batch(self, images, labels=None, training=None,
+                     initialize=False):  # pragma: no cover
         raise NotImplementedError
 
     def decode_batch(self, eps_list, labels=None):  # pragma: no cover
@@ -249,16 +220,14 @@ class FlowModel(FloatFlowPath, keras.Model):
         return int(math.prod(self.image_shape))
 
     # --- the likelihood --------------------------------------------------------------------
-    def encode_with_top(self, images, labels=None, training=None):
-        """`encode_batch` of the whole batch, or of its `batch_shards` slices concatenated."""
-        shards = self.map_shards(
-            lambda tensors, shard_labels: self.encode_batch(tensors[0], shard_labels, training),
-            [images], labels, training)
-        if len(shards) == 1:
-            return shards[0]
-        eps_lists, log_dets, tops = zip(*shards)
-        eps_list = [ops.concatenate(level, axis=0) for level in zip(*eps_lists)]
-        return eps_list, ops.concatenate(log_dets, axis=0), ops.concatenate(tops, axis=0)
+    def encode_with_top(self, images, labels=None, training=None, initialize=False):
+        """`encode_batch` of the whole batch, or of its `batch_shards` slices concatenated;
+        `initialize=True` runs the data-dependent initialisation (see `initialize`)."""
+        shards = batch_shards.map_shards(
+            lambda tensors, shard_labels: self.encode_batch(
+                tensors[0], shard_labels, training=training, initialize=initialize),
+            [images], labels, self.shard_bounds(images, training, initialize))
+        return batch_shards.concatenate_shards(shards)
 
     def decode(self, eps_list, labels=None):
         """Standardised latents -> images, the exact inverse of `encode`; `decode_batch` of
@@ -285,37 +254,16 @@ class FlowModel(FloatFlowPath, keras.Model):
                     f"{self.latent_shapes} after the batch axis. Use encode()'s outputs, or "
                     "latent_noise(n) for new ones.")
         check_not_empty(tuple(eps_list[0].shape), "latents")
-        shards = self.map_shards(self.decode_batch, list(eps_list), labels)
-        return shards[0] if len(shards) == 1 else ops.concatenate(shards, axis=0)
+        shards = batch_shards.map_shards(self.decode_batch, list(eps_list), labels,
+                                         self.shard_bounds(eps_list[0]))
+        return batch_shards.concatenate_shards(shards)
 
-    def map_shards(self, fn, tensors, labels, training=None):
-        """`[fn(tensors, labels)]`, or `fn` of each shard's rows of `tensors` (same batch
-        axis) and `labels`, where `shard_bounds(tensors[0], training)` cuts the batch."""
-        bounds = self.shard_bounds(tensors[0], training)
-        if len(bounds) <= 2:
-            return [fn(tensors, labels)]
-        with shared_derived_weights():
-            return [run_on_rows(fn, tensors, labels, start, stop)
-                    for start, stop in zip(bounds[:-1], bounds[1:])]
-
-    def shard_bounds(self, images, training=None):
-        """Batch indices `[0, ..., batch]` of `batch_shards` near-equal shards, or `[0, batch]`
-        for one.
-
-        A static batch size gets at most one shard per example, none empty. A batch size
-        known only when the graph runs (TensorFlow: `evaluate` or `predict` on batches whose
-        last one is partial, an export's endpoints, a `tf.function` without a fixed batch)
-        gets tensor bounds `ceil(batch * i / n)`: the larger shards first, and the last ones
-        empty when the batch is smaller than n (`run_on_rows` runs those on a stand-in row).
-        A batch size not known at all (a Keras symbolic input) gets one shard."""
-        batch = images.shape[0]
-        if (self.batch_shards == 1 or in_data_dependent_init()
-                or (training and not self.shards_in_training)):
-            return [0, batch]
-        if batch is None:
-            return dynamic_shard_bounds(ops.shape(images)[0], self.batch_shards)
-        shards = min(self.batch_shards, int(batch))
-        return [int(batch) * index // shards for index in range(shards + 1)]
+    def shard_bounds(self, images, training=None, initialize=False):
+        """Batch indices of the shards `images` runs as (`keras_flow.kernels.batch_shards`):
+        one shard without `batch_shards`, during the data-dependent initialisation, and in
+        training for a model that uses batch statistics (`shards_in_training = False`)."""
+        one = initialize or (training and not self.shards_in_training)
+        return batch_shards.shard_bounds(images, 1 if one else self.batch_shards)
 
     def encode(self, images, labels=None):
         """Data -> standardised latents.
@@ -456,8 +404,8 @@ class FlowModel(FloatFlowPath, keras.Model):
             self.build(tuple(images.shape))
         self.check_inputs(images, labels)
         check_preprocessed(images, "initialisation images")
-        with data_dependent_init():
-            self.encode_with_top(ops.cast(images, FLOW_DTYPE), labels, training=False)
+        self.encode_with_top(ops.cast(images, FLOW_DTYPE), labels, training=False,
+                             initialize=True)
 
     def uninitialized_actnorms(self):
         """Names of the actnorms not yet initialised from data (by `initialize` or a reload)."""

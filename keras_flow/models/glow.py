@@ -2,13 +2,11 @@
 
 import keras
 
-from keras_flow.layers.actnorm import in_data_dependent_init
 from keras_flow.layers.flow_step import COUPLINGS
 from keras_flow.layers.flow_step import PERMUTATIONS
 from keras_flow.layers.flow_step import FlowStep
 from keras_flow.layers.priors import Split2D
 from keras_flow.layers.priors import TopPrior
-from keras_flow.layers.shared_weights import shared_derived_weights
 from keras_flow.layers.squeeze import Squeeze
 from keras_flow.models.flow_model import FlowModel
 from keras_flow.models.flow_model import check_positive_ints
@@ -157,32 +155,27 @@ class Glow(FlowModel):
         self.latent_shapes = latent_shapes
         self.built = True
 
-    def encode_batch(self, images, labels=None, training=None):
+    def encode_batch(self, images, labels=None, training=None, initialize=False):
         z, eps_list, log_det = images, [], 0.0
         for level in range(self.levels):
             z, _ = self.squeezes[level](z)
             for step in self.steps[level]:
-                z, step_log_det = self._run_step(step, z, training)
+                z, step_log_det = self._run_step(step, z, training, initialize)
                 log_det = log_det + step_log_det
             if level < self.levels - 1:
-                (z, eps), split_log_det = self.splits[level](z)
+                (z, eps), split_log_det = self.splits[level](z, training=training)
                 eps_list.append(eps)
                 log_det = log_det + split_log_det
-        eps, top_log_det = self.top_prior(z, labels=labels)
+        eps, top_log_det = self.top_prior(z, labels=labels, training=training)
         eps_list.append(eps)
         return eps_list, log_det + top_log_det, z
 
-    def _run_step(self, step, z, training):
+    def _run_step(self, step, z, training, initialize):
         """`step(z)`, recomputed in the backward pass when `remat` is on (training only; not
         during the data-dependent initialisation, which assigns weights)."""
-        if self.remat and training and not in_data_dependent_init():
-            return keras.remat(lambda inputs: self._unshared(step, inputs))(z)
-        return step(z)
-
-    @staticmethod
-    def _unshared(step, inputs):
-        with shared_derived_weights(enabled=False):  # a recomputed function captures none
-            return step(inputs)
+        if self.remat and training and not initialize:
+            return keras.remat(lambda inputs: step(inputs, training=training))(z)
+        return step(z, training=training, initialize=initialize)
 
     def decode_batch(self, eps_list, labels=None):
         z, _ = self.top_prior(eps_list[-1], inverse=True, labels=labels)

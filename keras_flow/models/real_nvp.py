@@ -121,18 +121,17 @@ class RealNVP(FlowModel):
         self.latent_shapes = latent_shapes
         self.built = True
 
-    def encode_batch(self, images, labels=None, training=None):
-        z, log_det = self.logit(images)
+    def encode_batch(self, images, labels=None, training=None, initialize=False):
+        z, log_det = self.logit(images, training=training)
         eps_list = []
         for scale in self.scales:
             for flow in scale["flows"]:
-                z, flow_log_det = flow(z, training=training) if isinstance(
-                    flow, BatchNormFlow) else flow(z)
+                z, flow_log_det = flow(z, training=training)
                 log_det = log_det + flow_log_det
             if scale["split"] is not None:
-                (z, eps), _ = scale["split"](z)
+                (z, eps), _ = scale["split"](z, training=training)
                 eps_list.append(eps)
-        eps, _ = self.top_prior(z, labels=labels)
+        eps, _ = self.top_prior(z, labels=labels, training=training)
         eps_list.append(eps)
         return eps_list, log_det, z
 

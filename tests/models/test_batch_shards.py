@@ -14,9 +14,7 @@ import tensorflow as tf
 from keras_flow import Glow
 from keras_flow import RealNVP
 from keras_flow import cpu_threads
-from keras_flow.layers.actnorm import data_dependent_init
-from keras_flow.layers.inv_conv_1x1 import InvConv1x1
-from keras_flow.models.flow_model import dynamic_shard_bounds
+from keras_flow.kernels.batch_shards import dynamic_shard_bounds
 from tests.flow_checks import perturb_weights
 from tests.flow_checks import preprocessed_images
 from tests.models.model_checks import count_shards
@@ -75,27 +73,8 @@ def test_sharded_objective_has_the_same_gradients():
         np.testing.assert_allclose(sharded, gradient, rtol=1e-4, atol=1e-6)
 
 
-def test_shards_derive_each_weight_once(monkeypatch):
-    """The shards share what layers derive from weights alone (here the LU product W), so a
-    sharded call computes it once per layer, as an unsharded one does."""
-    model, twin = glow_pair(shards=2)
-    products = []
-    lu_product = InvConv1x1._lu_product
-    monkeypatch.setattr(InvConv1x1, "_lu_product",
-                        lambda self: products.append(self) or lu_product(self))
-    x, labels = preprocessed_images((6, 4, 4, 1), seed=7), np.array([0, 1, 2, 0, 1, 2])
-    model.encode(x, labels)
-    unsharded = len(products)
-    products.clear()
-    batches = count_shards(twin)
-    twin.encode(x, labels)
-    assert batches == [3, 3]
-    assert len(products) == unsharded == SMALL["levels"] * SMALL["depth"]
-
-
 def test_remat_with_shards_keeps_the_gradients():
-    """Recomputed steps (remat) do not capture the shards' shared tensors, and still give the
-    unsharded model's gradients."""
+    """Recomputed steps (remat) of a sharded model give the unsharded model's gradients."""
     model, _ = glow_pair(shards=1)
     twin = Glow(**SMALL, batch_shards=2, remat=True)
     twin.set_weights(model.get_weights())
@@ -132,8 +111,7 @@ def test_shard_bounds_never_leave_a_shard_empty():
     assert model.shard_bounds(np.zeros((2, 4, 4, 1))) == [0, 1, 2]
     assert model.shard_bounds(np.zeros((1, 4, 4, 1))) == [0, 1]
     assert model.shard_bounds(keras.KerasTensor((None, 4, 4, 1))) == [0, None]
-    with data_dependent_init():
-        assert model.shard_bounds(np.zeros((10, 4, 4, 1))) == [0, 10]
+    assert model.shard_bounds(np.zeros((10, 4, 4, 1)), initialize=True) == [0, 10]
 
 
 def test_dynamic_shard_bounds_put_the_larger_shards_first():
