@@ -13,7 +13,6 @@ from keras_flow.kernels import batch_shards
 from keras_flow.layers.actnorm import Actnorm
 from keras_flow.layers.base import FLOW_DTYPE
 from keras_flow.layers.base import FloatFlowPath
-from keras_flow.layers.convolutions import ZeroConv2D
 from keras_flow.layers.priors import check_labels
 from keras_flow.models import objective
 PREPROCESSED_TOLERANCE = 1e-3  # slack on [-0.5, 0.5] for the inputs' range check
@@ -115,8 +114,8 @@ class FlowModel(FloatFlowPath, keras.Model):
         bits/dim = (-log p(x) + D log(num_bins)) / (D ln 2),  D = height * width * channels
 
     `call(x)` returns the per-example bits/dim (float32 `(batch_size,)`) and registers the
-    objective, their batch mean (plus `classifier_weight` times the classifier's bits when
-    `num_classes` > 0, as openai/glow's `weight_y`), with `add_loss`, so `compile(optimizer)`
+    objective, their batch mean (plus the subclass's `auxiliary_loss`, e.g. Glow's classifier),
+    with `add_loss`, so `compile(optimizer)`
     and `fit(images)` train it; `bits_per_dim` is also a metric of `fit` and `evaluate`.
     Inputs are preprocessed images in [-0.5, 0.5) (see `keras_flow.preprocessing`), or a dict
     `{"image": ..., "label": int}` for a class-conditional model.
@@ -130,32 +129,21 @@ class FlowModel(FloatFlowPath, keras.Model):
 
     shards_in_training = True
 
-    def __init__(self, num_bins=256, num_classes=0, classifier_weight=0.0, image_shape=None,
-                 seed=0, batch_shards=1, **kwargs):
+    num_classes = 0  # an unconditional flow; Glow(num_classes=...) conditions on labels
+
+    def __init__(self, num_bins=256, image_shape=None, seed=0, batch_shards=1, **kwargs):
         super().__init__(**kwargs)
         if not is_positive_int(batch_shards):
             raise ValueError(f"batch_shards must be a positive integer (1: no sharding); got "
                              f"{batch_shards!r}.")
         if int(num_bins) < 2:
             raise ValueError(f"num_bins must be >= 2 (256 for 8-bit data); got {num_bins}.")
-        if int(num_classes) < 0 or classifier_weight < 0:
-            raise ValueError(
-                f"num_classes and classifier_weight must be >= 0; got num_classes={num_classes},"
-                f" classifier_weight={classifier_weight}.")
-        if classifier_weight and not num_classes:
-            raise ValueError("classifier_weight > 0 needs a class-conditional model "
-                             "(num_classes > 0).")
         self.num_bins = int(num_bins)
-        self.num_classes = int(num_classes)
-        self.classifier_weight = float(classifier_weight)
         self.image_shape = None if image_shape is None else tuple(int(d) for d in image_shape)
         self.seed = int(seed)
         self.batch_shards = int(batch_shards)
         self.latent_shapes = None
         self.bits_per_dim_tracker = keras.metrics.Mean(name="bits_per_dim")
-        if self.classifier_weight:
-            self.classifier = ZeroConv2D(self.num_classes, 1, edge_padding=False,
-                                         name="classifier", dtype=self.dtype_policy)
 
     # --- to be provided by the subclasses -------------------------------------------------
     def encode_batch(self, images, labels=None, training=None,
@@ -164,6 +152,11 @@ class FlowModel(FloatFlowPath, keras.Model):
 
     def decode_batch(self, eps_list, labels=None):  # pragma: no cover
         raise NotImplementedError
+
+    def auxiliary_loss(self, z_top, labels):
+        """A loss the subclass adds to the mean bits/dim in `call` (Glow: its classifier's),
+        or None."""
+        return None
 
     # --- shapes and validation ---------------------------------------------------------------
     def validate_image_shape(self, shape, levels):
@@ -310,19 +303,9 @@ class FlowModel(FloatFlowPath, keras.Model):
         eps_list, log_det, z_top = self.encode_with_top(images, labels, training=training)
         bits = self.bits_from_log_prob(objective.log_prob(eps_list, log_det))
         loss = ops.mean(bits)
-        if self.classifier_weight:
-            loss = loss + self.classifier_weight * ops.mean(self._classifier_bits(z_top, labels))
-        self.add_loss(loss)
+        auxiliary = self.auxiliary_loss(z_top, labels)
+        self.add_loss(loss if auxiliary is None else loss + auxiliary)
         return bits
-
-    def _classifier_bits(self, z_top, labels):
-        """openai/glow's `bits_y`: cross-entropy of a zero-init linear classifier on mean(z_top)."""
-        features = ops.mean(z_top, axis=(1, 2), keepdims=True)
-        logits = ops.cast(ops.reshape(self.classifier(features), (-1, self.num_classes)),
-                          "float32")
-        xent = keras.losses.sparse_categorical_crossentropy(
-            ops.cast(labels, "int32"), logits, from_logits=True)
-        return xent / objective.LN2
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             **kwargs):
@@ -454,7 +437,6 @@ class FlowModel(FloatFlowPath, keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_bins=self.num_bins, num_classes=self.num_classes,
-                      classifier_weight=self.classifier_weight, image_shape=self.image_shape,
-                      seed=self.seed, batch_shards=self.batch_shards)
+        config.update(num_bins=self.num_bins, image_shape=self.image_shape, seed=self.seed,
+                      batch_shards=self.batch_shards)
         return config

@@ -1,7 +1,9 @@
 """Glow (Kingma & Dhariwal 2018), as openai/glow builds it."""
 
 import keras
+from keras import ops
 
+from keras_flow.layers.convolutions import ZeroConv2D
 from keras_flow.layers.flow_step import COUPLINGS
 from keras_flow.layers.flow_step import PERMUTATIONS
 from keras_flow.layers.flow_step import FlowStep
@@ -10,6 +12,7 @@ from keras_flow.layers.priors import TopPrior
 from keras_flow.layers.squeeze import Squeeze
 from keras_flow.models.flow_model import FlowModel
 from keras_flow.models.flow_model import check_positive_ints
+from keras_flow.models import objective
 from keras_flow.models.flow_model import image_input_shape
 from keras_flow.models.presets import GLOW_PRESETS
 from keras_flow.models.presets import preset_config
@@ -83,10 +86,17 @@ class Glow(FlowModel):
                  classifier_weight=0.0, num_bins=256, edge_padding=True, image_shape=None,
                  seed=0, remat=False, zero_log_scale_factor=3.0, split_prior="conditional",
                  **kwargs):
-        super().__init__(num_bins=num_bins, num_classes=num_classes,
-                         classifier_weight=classifier_weight, image_shape=image_shape,
-                         seed=seed, **kwargs)
+        super().__init__(num_bins=num_bins, image_shape=None, seed=seed, **kwargs)
         check_positive_ints("Glow", levels=levels, depth=depth, hidden_width=hidden_width)
+        if int(num_classes) < 0 or classifier_weight < 0:
+            raise ValueError(
+                f"num_classes and classifier_weight must be >= 0; got num_classes={num_classes},"
+                f" classifier_weight={classifier_weight}.")
+        if classifier_weight and not num_classes:
+            raise ValueError("classifier_weight > 0 needs a class-conditional model "
+                             "(num_classes > 0).")
+        self.num_classes = int(num_classes)
+        self.classifier_weight = float(classifier_weight)
         if permutation not in PERMUTATIONS:
             raise ValueError(f"Unknown permutation {permutation!r}; choose one of {PERMUTATIONS}.")
         if coupling not in COUPLINGS:
@@ -123,10 +133,13 @@ class Glow(FlowModel):
                        for i in range(self.levels - 1)]
         self.top_prior = TopPrior(self.learn_top, self.num_classes, self.edge_padding,
                                   **zero_factor, name="top_prior", dtype=policy)
+        if self.classifier_weight:
+            self.classifier = ZeroConv2D(self.num_classes, 1, edge_padding=False,
+                                         name="classifier", dtype=policy)
         if any(not step.supports_jit for level in self.steps for step in level):
             self.supports_jit = False
-        if self.image_shape is not None:
-            self.build((None,) + self.image_shape)
+        if image_shape is not None:
+            self.build((None,) + tuple(image_shape))
 
     @classmethod
     def from_preset(cls, name, **overrides):
@@ -177,6 +190,22 @@ class Glow(FlowModel):
             return keras.remat(lambda inputs: step(inputs, training=training))(z)
         return step(z, training=training, initialize=initialize)
 
+    def auxiliary_loss(self, z_top, labels):
+        """`classifier_weight` times the classifier's bits (openai/glow's `weight_y * bits_y`),
+        or None without a classifier."""
+        if not self.classifier_weight:
+            return None
+        return self.classifier_weight * ops.mean(self.classifier_bits(z_top, labels))
+
+    def classifier_bits(self, z_top, labels):
+        """openai/glow's `bits_y`: cross-entropy of a zero-init linear classifier on mean(z_top)."""
+        features = ops.mean(z_top, axis=(1, 2), keepdims=True)
+        logits = ops.cast(ops.reshape(self.classifier(features), (-1, self.num_classes)),
+                          "float32")
+        xent = keras.losses.sparse_categorical_crossentropy(
+            ops.cast(labels, "int32"), logits, from_logits=True)
+        return xent / objective.LN2
+
     def decode_batch(self, eps_list, labels=None):
         z, _ = self.top_prior(eps_list[-1], inverse=True, labels=labels)
         for level in reversed(range(self.levels)):
@@ -189,7 +218,8 @@ class Glow(FlowModel):
 
     def get_config(self):
         config = super().get_config()
-        config.update(levels=self.levels, depth=self.depth, hidden_width=self.hidden_width,
+        config.update(num_classes=self.num_classes, classifier_weight=self.classifier_weight,
+                      levels=self.levels, depth=self.depth, hidden_width=self.hidden_width,
                       permutation=self.permutation, lu_decomposed=self.lu_decomposed,
                       coupling=self.coupling, learn_top=self.learn_top,
                       edge_padding=self.edge_padding, remat=self.remat,

@@ -50,7 +50,7 @@ class RealNVP(FlowModel):
 
     def __init__(self, levels=4, hidden_width=32, residual_blocks=4, num_bins=256,
                  image_shape=None, seed=0, **kwargs):
-        if kwargs.pop("num_classes", 0) or kwargs.pop("classifier_weight", 0):
+        if {"num_classes", "classifier_weight"} & kwargs.keys():
             raise ValueError(
                 "RealNVP has no class-conditional prior; use Glow(num_classes=...) for labels.")
         super().__init__(num_bins=num_bins, image_shape=None, seed=seed, **kwargs)
@@ -148,8 +148,6 @@ class RealNVP(FlowModel):
 
     def get_config(self):
         config = super().get_config()
-        for key in ("num_classes", "classifier_weight"):
-            config.pop(key)
         config.update(levels=self.levels, hidden_width=self.hidden_width,
                       residual_blocks=self.residual_blocks)
         return config
