@@ -118,8 +118,8 @@ def _levels(config, model_class):
 
 def data_levels(model_class, levels):
     """The `levels` argument of `keras_flow.data.load` for a model: how many times it halves
-    the image size (Glow: `levels`; RealNVP: `levels - 1`, its last scale has no squeeze)."""
-    return levels if issubclass(model_class, Glow) else levels - 1
+    the image size (`model_class.halvings_for(levels)`)."""
+    return model_class.halvings_for(levels)
 
 
 def reconstruction_error(model, images, labels=None):

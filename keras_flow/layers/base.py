@@ -79,6 +79,16 @@ class FlowLayer(FloatFlowPath, keras.layers.Layer):
                 keras.KerasTensor((batch,), dtype=LOG_DET_DTYPE))
 
 
+def build_and_spec(layer, spec):
+    """Builds `layer` for the input `spec` (a `keras.KerasTensor`, or a tuple of them) and
+    returns the spec of its forward outputs (without the log-det): how a model chains its
+    layers' own shape rules instead of re-deriving them."""
+    shapes = tuple(part.shape for part in spec) if isinstance(spec, tuple) else spec.shape
+    layer.build(shapes)
+    outputs, _ = layer.compute_output_spec(spec)
+    return outputs
+
+
 def per_example(value, reference):
     """Broadcasts a float32 scalar `value` to shape `(batch_size,)` of `reference`."""
     batch_size = ops.shape(reference)[0]

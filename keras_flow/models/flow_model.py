@@ -159,8 +159,21 @@ class FlowModel(FloatFlowPath, keras.Model):
         return None
 
     # --- shapes and validation ---------------------------------------------------------------
-    def validate_image_shape(self, shape, levels):
-        """Raises `ValueError` unless `shape` is `(batch, H, W, C)` with H, W divisible by 2**levels."""
+    @classmethod
+    def halvings_for(cls, levels):  # pragma: no cover - abstract
+        """How many times a model of `levels` levels halves the image's height and width
+        (each must divide by `2**halvings`): what the data pipeline pads or resizes to."""
+        raise NotImplementedError
+
+    @property
+    def halvings(self):
+        """`halvings_for(self.levels)`."""
+        return self.halvings_for(self.levels)
+
+    def validate_image_shape(self, shape):
+        """Raises `ValueError` unless `shape` is `(batch, H, W, C)` with H, W divisible by
+        `2**halvings`."""
+        levels = self.halvings
         if len(shape) != 4:
             raise ValueError(
                 f"{self.__class__.__name__} expects images of shape (batch_size, height, width, "

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_flow.layers.base import build_and_spec
 from keras_flow.layers.convolutions import ZeroConv2D
 from keras_flow.layers.flow_step import COUPLINGS
 from keras_flow.layers.flow_step import PERMUTATIONS
@@ -146,25 +147,27 @@ class Glow(FlowModel):
         """A Glow configured as one of `keras_flow.models.presets.GLOW_PRESETS`."""
         return cls(**preset_config(GLOW_PRESETS, name, overrides))
 
+    @classmethod
+    def halvings_for(cls, levels):
+        """Glow squeezes once per level."""
+        return levels
+
     def build(self, input_shape):
         shape = image_input_shape(input_shape)
-        self.validate_image_shape(shape, self.levels)
+        self.validate_image_shape(shape)
         self.image_shape = tuple(int(d) for d in shape[1:])
-        batch, height, width, channels = (None,) + self.image_shape
+        z = keras.KerasTensor((None,) + self.image_shape)
         latent_shapes = []
         for level in range(self.levels):
-            height, width, channels = height // 2, width // 2, channels * 4
-            self.squeezes[level].build((batch, height * 2, width * 2, channels // 4))
+            z = build_and_spec(self.squeezes[level], z)
             for step in self.steps[level]:
-                step.build((batch, height, width, channels))
+                z = build_and_spec(step, z)
             if level < self.levels - 1:
-                self.splits[level].build((batch, height, width, channels))
-                latent_shapes.append((height, width, channels // 2))
-                channels -= channels // 2
-        self.top_prior.build((batch, height, width, channels))
-        latent_shapes.append((height, width, channels))
+                z, eps = build_and_spec(self.splits[level], z)
+                latent_shapes.append(tuple(eps.shape[1:]))
+        latent_shapes.append(tuple(build_and_spec(self.top_prior, z).shape[1:]))
         if self.classifier_weight:
-            self.classifier.build((batch, 1, 1, channels))
+            self.classifier.build((None, 1, 1, z.shape[-1]))
         self.latent_shapes = latent_shapes
         self.built = True
 

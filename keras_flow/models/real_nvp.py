@@ -98,9 +98,14 @@ class RealNVP(FlowModel):
         """A RealNVP configured as one of `keras_flow.models.presets.REALNVP_PRESETS`."""
         return cls(**preset_config(REALNVP_PRESETS, name, overrides))
 
+    @classmethod
+    def halvings_for(cls, levels):
+        """RealNVP's last scale has no squeeze."""
+        return levels - 1
+
     def build(self, input_shape):
         shape = image_input_shape(input_shape)
-        self.validate_image_shape(shape, self.levels - 1)
+        self.validate_image_shape(shape)
         self.image_shape = tuple(int(d) for d in shape[1:])
         current = (None,) + self.image_shape
         self.logit.build(current)
