@@ -5,8 +5,8 @@ through the whole flow, and concatenates the results: the same function (every o
 example), but n independent branches in the traced graph, which TensorFlow's inter-op threads
 run on n cores at once. With one intra-op thread per op (`keras_flow.cpu_threads`) that is data
 parallelism across the CPU's cores inside one step, with one set of weights. What a layer
-derives from its weights alone (an LU product, a folded kernel) is computed once per shard:
-a few kernel-sized ops, measured within the noise of W1 and W2 (BENCHMARKS.md).
+derives from its weights alone (an LU product, a folded kernel) is computed once for all
+shards through the `SharedDerivations` the model passes down.
 """
 
 import keras
@@ -68,3 +68,33 @@ def concatenate_shards(shards):
     if len(shards) == 1:
         return shards[0]
     return keras.tree.map_structure(lambda *parts: ops.concatenate(parts, axis=0), *shards)
+
+
+class SharedDerivations:
+    """What the layers derive from their weights alone (an LU product, `exp` of a log-scale, a
+    folded kernel), computed once for all the shards of one call.
+
+    The model makes one for a sharded call and passes it down explicitly (the flow layers'
+    `shared` argument); each layer asks `derive(shared, self, key, compute)`, so the graph
+    holds one copy and autodiff sums the shards' gradients into it before back-propagating
+    through the derivation once. Without it each shard derives its own copy: the same values,
+    and on TensorFlow's CPU a few hundred more small ops per step."""
+
+    def __init__(self):
+        self._values = {}
+
+    def get(self, layer, key, compute, depends_on=()):
+        """`compute()`, once per `(layer, key, depends_on)`: `key` names what the result
+        depends on besides the layer's weights and the tensors `depends_on` (matched by
+        identity, and kept alive with the result so that no other tensor takes it)."""
+        full_key = (id(layer), key) + tuple(id(tensor) for tensor in depends_on)
+        if full_key not in self._values:
+            self._values[full_key] = (compute(), tuple(depends_on))
+        return self._values[full_key][0]
+
+
+def derive(shared, layer, key, compute, depends_on=()):
+    """`shared.get(layer, key, compute, depends_on)`, or `compute()` when `shared` is None."""
+    if shared is None:
+        return compute()
+    return shared.get(layer, key, compute, depends_on)

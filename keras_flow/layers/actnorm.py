@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_flow.kernels.batch_shards import derive
 from keras_flow.layers.base import FlowLayer
 from keras_flow.layers.base import require_channels
 from keras_flow.layers.base import spatial_size
@@ -36,6 +37,7 @@ class Actnorm(FlowLayer):
         inputs: `(batch_size, height, width, channels)`.
         inverse: direction (False: data -> latent).
         initialize: forward only: initialise from `inputs` first if not yet initialised.
+        shared: the model's `SharedDerivations` for a sharded call (`exp(s)` once), or None.
 
     Returns:
         `(outputs, log_det)`: outputs of the input's shape; float32 log-det `(batch_size,)`.
@@ -85,21 +87,24 @@ class Actnorm(FlowLayer):
     def _log_det(self, inputs):
         return per_example(spatial_size(inputs) * ops.sum(self._scale_log()), inputs)
 
-    def output_affine(self):
+    def output_affine(self, shared=None):
         """`(scale, shift)`, float32 `(channels,)`, with `forward(x) = x * scale + shift`:
         `scale = exp(s)`, `shift = b * exp(s)`. A convolution followed by this actnorm can fold
         them into its kernel and bias (see `EdgePaddedConv2D.call`)."""
-        scale = self._scale()
+        return derive(shared, self, "output_affine", lambda: self._output_affine(shared))
+
+    def _output_affine(self, shared):
+        scale = self._scale(shared)
         return scale, self.bias * scale
 
-    def _scale(self):
+    def _scale(self, shared=None):
         """`exp(s)`, float32 `(channels,)`."""
-        return ops.exp(self._scale_log())
+        return derive(shared, self, "scale", lambda: ops.exp(self._scale_log()))
 
-    def _forward(self, inputs, initialize=False, **kwargs):
+    def _forward(self, inputs, initialize=False, shared=None, **kwargs):
         if initialize and not self.is_initialized:
             self.initialize(inputs)
-        outputs = (ops.cast(inputs, "float32") + self.bias) * self._scale()
+        outputs = (ops.cast(inputs, "float32") + self.bias) * self._scale(shared)
         return ops.cast(outputs, inputs.dtype), self._log_det(inputs)
 
     def _inverse(self, outputs, **kwargs):

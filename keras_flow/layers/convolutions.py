@@ -22,6 +22,7 @@ import numpy as np
 from keras import ops
 
 from keras_flow import kernels
+from keras_flow.kernels.batch_shards import derive
 
 
 def border_indicator(inputs, kernel_size):
@@ -72,9 +73,10 @@ class EdgePaddedConv2D(keras.layers.Layer):
 
     The 'same' convolution is the one `keras_flow.kernels.conv_same_for` picks for the
     kernel's shape at build time (`keras.ops.conv` or a faster form of the same function).
-    `call(x, output_scale=s, output_shift=t)` returns `y * s + t` (per output channel) with the
+    `call(x, output_scale=s, output_shift=t, shared=None)` returns `y * s + t` (per output channel) with the
     scale folded into `W`, `W_edge` and `b`, so an actnorm after the convolution costs no pass
-    over the activations. Weights are float32 under every policy; the folded kernel is cast to
+    over the activations; a model's `SharedDerivations` (`shared`) folds once for all its
+    batch shards. Weights are float32 under every policy; the folded kernel is cast to
     the compute dtype.
 
     Args:
@@ -115,8 +117,11 @@ class EdgePaddedConv2D(keras.layers.Layer):
         channels = input_shape[-1] + int(self.border_as_channel(input_shape[-1]))
         self.conv_same = kernels.conv_same_for((k, k, channels, self.filters))
 
-    def call(self, inputs, output_scale=None, output_shift=None):
-        kernel, offset = self.folded(inputs, output_scale, output_shift)
+    def call(self, inputs, output_scale=None, output_shift=None, shared=None):
+        key = ("folded", str(inputs.dtype), tuple(inputs.shape[1:3]))
+        kernel, offset = derive(shared, self, key,
+                                lambda: self.folded(inputs, output_scale, output_shift),
+                                depends_on=(output_scale, output_shift))
         if self.border_as_channel(inputs.shape[-1]):
             inputs = with_ones_channel(inputs)
         outputs = self.conv_same(inputs, kernel)
@@ -208,8 +213,10 @@ class ZeroConv2D(EdgePaddedConv2D):
         self.logs = self.add_weight(name="logs", shape=(self.filters,), initializer="zeros",
                                     autocast=False)
 
-    def call(self, inputs):
-        return super().call(inputs, output_scale=ops.exp(self.log_scale_factor * self.logs))
+    def call(self, inputs, shared=None):
+        scale = derive(shared, self, "output_scale",
+                       lambda: ops.exp(self.log_scale_factor * self.logs))
+        return super().call(inputs, output_scale=scale, shared=shared)
 
     def get_config(self):
         config = super().get_config()

@@ -9,16 +9,17 @@ from keras_flow.layers.convolutions import WeightNormConv2D
 from keras_flow.layers.convolutions import ZeroConv2D
 
 
-def normalized_conv(conv, actnorm, inputs, initialize=False):
+def normalized_conv(conv, actnorm, inputs, initialize=False, shared=None):
     """`actnorm(conv(inputs))`, with the actnorm folded into the convolution's kernel and bias
     (`EdgePaddedConv2D.call(x, output_scale, output_shift)`): the same function without the
     elementwise passes. During data-dependent initialisation (`initialize=True`) the actnorm
-    runs on the convolution's output, which it needs to see."""
+    runs on the convolution's output, which it needs to see. `shared`: the model's
+    `SharedDerivations` for a sharded call, or None."""
     if initialize:
         outputs, _ = actnorm(conv(inputs), initialize=True)
         return outputs
-    scale, shift = actnorm.output_affine()
-    return conv(inputs, output_scale=scale, output_shift=shift)
+    scale, shift = actnorm.output_affine(shared)
+    return conv(inputs, output_scale=scale, output_shift=shift, shared=shared)
 
 
 @keras.saving.register_keras_serializable(package="keras_flow")
@@ -66,10 +67,11 @@ class GlowCouplingNetwork(keras.layers.Layer):
         self.norm_hidden.build(hidden_shape)
         self.conv_out.build(hidden_shape)
 
-    def call(self, inputs, training=None, initialize=False):
-        hidden = normalized_conv(self.conv_in, self.norm_in, inputs, initialize)
-        hidden = normalized_conv(self.conv_hidden, self.norm_hidden, ops.relu(hidden), initialize)
-        return self.conv_out(ops.relu(hidden))
+    def call(self, inputs, training=None, initialize=False, shared=None):
+        hidden = normalized_conv(self.conv_in, self.norm_in, inputs, initialize, shared)
+        hidden = normalized_conv(self.conv_hidden, self.norm_hidden, ops.relu(hidden),
+                                 initialize, shared)
+        return self.conv_out(ops.relu(hidden), shared=shared)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.output_channels,)
@@ -127,7 +129,7 @@ class ResNetCouplingNetwork(keras.layers.Layer):
         self.norm_out.build(hidden_shape)
         self.conv_out.build(hidden_shape)
 
-    def call(self, inputs, training=None, initialize=False):
+    def call(self, inputs, training=None, initialize=False, shared=None):
         hidden = self.conv_in(inputs)
         for norm_a, conv_a, norm_b, conv_b in self.blocks:
             branch = conv_a(ops.relu(norm_a(hidden, training=training)))

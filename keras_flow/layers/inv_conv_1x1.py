@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_flow.kernels.batch_shards import derive
 from keras_flow.layers.base import FlowLayer
 from keras_flow.layers.base import per_example
 from keras_flow.layers.base import require_channels
@@ -107,10 +108,13 @@ class InvConv1x1(FlowLayer):
             name=name, shape=value.shape, trainable=trainable, autocast=False,
             initializer=keras.initializers.Constant(value.astype("float32")))
 
-    def weight_matrix(self):
-        """The float32 `(channels, channels)` matrix `W`."""
+    def weight_matrix(self, shared=None):
+        """The float32 `(channels, channels)` matrix `W` (derived once per `shared`)."""
         if not self.lu_decomposed:
             return self.kernel
+        return derive(shared, self, "weight_matrix", self._lu_product)
+
+    def _lu_product(self):
         lower = self.lower * self._lower_mask + self._eye
         upper = (self.upper * ops.transpose(self._lower_mask)
                  + ops.diag(self.sign * ops.exp(self.log_s)))
@@ -124,13 +128,14 @@ class InvConv1x1(FlowLayer):
         _, log_abs = ops.slogdet(ops.cast(self.kernel, wide))
         return ops.cast(log_abs, "float32")
 
-    def _forward(self, inputs, **kwargs):
+    def _forward(self, inputs, shared=None, **kwargs):
         log_det = per_example(spatial_size(inputs) * self.log_abs_det(), inputs)
-        return mix_channels(inputs, self.weight_matrix()), log_det
+        return mix_channels(inputs, self.weight_matrix(shared)), log_det
 
-    def _inverse(self, outputs, **kwargs):
+    def _inverse(self, outputs, shared=None, **kwargs):
         log_det = per_example(-spatial_size(outputs) * self.log_abs_det(), outputs)
-        return mix_channels(outputs, ops.inv(self.weight_matrix())), log_det
+        inverse = derive(shared, self, "inverse", lambda: ops.inv(self.weight_matrix(shared)))
+        return mix_channels(outputs, inverse), log_det
 
     def get_config(self):
         config = super().get_config()

@@ -106,9 +106,10 @@ class ActnormCheck(keras.callbacks.Callback):
 class FlowModel(FloatFlowPath, keras.Model):
     """Base of the multi-scale flows: exact likelihood in bits/dim, encode/decode, sampling.
 
-    A subclass builds its layers and implements `encode_batch(x, labels, training, initialize)`
-    -> `(eps_list, log_det, z_top)` (passing `training` and `initialize` to its flow layers) and `decode_batch(eps_list, labels)`, and sets `latent_shapes` in
-    `build`. This class turns that into:
+    A subclass builds its layers and implements `encode_batch(x, labels, training, initialize,
+    shared)` -> `(eps_list, log_det, z_top)` (passing `training`, `initialize` and the batch
+    shards' `shared` derivations to its flow layers) and `decode_batch(eps_list, labels,
+    shared)`, and sets `latent_shapes` in `build`. This class turns that into:
 
         log p(x) = sum_levels log N(eps; 0, I) + log|det d eps / d x|     (nats per example)
         bits/dim = (-log p(x) + D log(num_bins)) / (D ln 2),  D = height * width * channels
@@ -146,11 +147,11 @@ class FlowModel(FloatFlowPath, keras.Model):
         self.bits_per_dim_tracker = keras.metrics.Mean(name="bits_per_dim")
 
     # --- to be provided by the subclasses -------------------------------------------------
-    def encode_batch(self, images, labels=None, training=None,
-                     initialize=False):  # pragma: no cover
+    def encode_batch(self, images, labels=None, training=None, initialize=False,
+                     shared=None):  # pragma: no cover
         raise NotImplementedError
 
-    def decode_batch(self, eps_list, labels=None):  # pragma: no cover
+    def decode_batch(self, eps_list, labels=None, shared=None):  # pragma: no cover
         raise NotImplementedError
 
     def auxiliary_loss(self, z_top, labels):
@@ -229,10 +230,13 @@ class FlowModel(FloatFlowPath, keras.Model):
     def encode_with_top(self, images, labels=None, training=None, initialize=False):
         """`encode_batch` of the whole batch, or of its `batch_shards` slices concatenated;
         `initialize=True` runs the data-dependent initialisation (see `initialize`)."""
+        bounds = self.shard_bounds(images, training, initialize)
+        shared = batch_shards.SharedDerivations() if len(bounds) > 2 else None
         shards = batch_shards.map_shards(
             lambda tensors, shard_labels: self.encode_batch(
-                tensors[0], shard_labels, training=training, initialize=initialize),
-            [images], labels, self.shard_bounds(images, training, initialize))
+                tensors[0], shard_labels, training=training, initialize=initialize,
+                shared=shared),
+            [images], labels, bounds)
         return batch_shards.concatenate_shards(shards)
 
     def decode(self, eps_list, labels=None):
@@ -260,8 +264,11 @@ class FlowModel(FloatFlowPath, keras.Model):
                     f"{self.latent_shapes} after the batch axis. Use encode()'s outputs, or "
                     "latent_noise(n) for new ones.")
         check_not_empty(tuple(eps_list[0].shape), "latents")
-        shards = batch_shards.map_shards(self.decode_batch, list(eps_list), labels,
-                                         self.shard_bounds(eps_list[0]))
+        bounds = self.shard_bounds(eps_list[0])
+        shared = batch_shards.SharedDerivations() if len(bounds) > 2 else None
+        shards = batch_shards.map_shards(
+            lambda tensors, shard_labels: self.decode_batch(tensors, shard_labels, shared=shared),
+            list(eps_list), labels, bounds)
         return batch_shards.concatenate_shards(shards)
 
     def shard_bounds(self, images, training=None, initialize=False):

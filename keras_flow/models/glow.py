@@ -171,12 +171,12 @@ class Glow(FlowModel):
         self.latent_shapes = latent_shapes
         self.built = True
 
-    def encode_batch(self, images, labels=None, training=None, initialize=False):
+    def encode_batch(self, images, labels=None, training=None, initialize=False, shared=None):
         z, eps_list, log_det = images, [], 0.0
         for level in range(self.levels):
             z, _ = self.squeezes[level](z)
             for step in self.steps[level]:
-                z, step_log_det = self._run_step(step, z, training, initialize)
+                z, step_log_det = self._run_step(step, z, training, initialize, shared)
                 log_det = log_det + step_log_det
             if level < self.levels - 1:
                 (z, eps), split_log_det = self.splits[level](z, training=training)
@@ -186,12 +186,13 @@ class Glow(FlowModel):
         eps_list.append(eps)
         return eps_list, log_det + top_log_det, z
 
-    def _run_step(self, step, z, training, initialize):
+    def _run_step(self, step, z, training, initialize, shared):
         """`step(z)`, recomputed in the backward pass when `remat` is on (training only; not
-        during the data-dependent initialisation, which assigns weights)."""
+        during the data-dependent initialisation, which assigns weights; a recomputed step
+        derives its own weight tensors, since it may not capture the shards' shared ones)."""
         if self.remat and training and not initialize:
             return keras.remat(lambda inputs: step(inputs, training=training))(z)
-        return step(z, training=training, initialize=initialize)
+        return step(z, training=training, initialize=initialize, shared=shared)
 
     def auxiliary_loss(self, z_top, labels):
         """`classifier_weight` times the classifier's bits (openai/glow's `weight_y * bits_y`),
@@ -209,13 +210,13 @@ class Glow(FlowModel):
             ops.cast(labels, "int32"), logits, from_logits=True)
         return xent / objective.LN2
 
-    def decode_batch(self, eps_list, labels=None):
+    def decode_batch(self, eps_list, labels=None, shared=None):
         z, _ = self.top_prior(eps_list[-1], inverse=True, labels=labels)
         for level in reversed(range(self.levels)):
             if level < self.levels - 1:
                 z, _ = self.splits[level]((z, eps_list[level]), inverse=True)
             for step in reversed(self.steps[level]):
-                z, _ = step(z, inverse=True)
+                z, _ = step(z, inverse=True, shared=shared)
             z, _ = self.squeezes[level](z, inverse=True)
         return z
 

@@ -126,7 +126,7 @@ class RealNVP(FlowModel):
         self.latent_shapes = latent_shapes
         self.built = True
 
-    def encode_batch(self, images, labels=None, training=None, initialize=False):
+    def encode_batch(self, images, labels=None, training=None, initialize=False, shared=None):
         z, log_det = self.logit(images, training=training)
         eps_list = []
         for scale in self.scales:
@@ -140,7 +140,7 @@ class RealNVP(FlowModel):
         eps_list.append(eps)
         return eps_list, log_det, z
 
-    def decode_batch(self, eps_list, labels=None):
+    def decode_batch(self, eps_list, labels=None, shared=None):
         z, _ = self.top_prior(eps_list[-1], inverse=True, labels=labels)
         for index in reversed(range(self.levels)):
             scale = self.scales[index]

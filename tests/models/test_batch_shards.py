@@ -230,3 +230,24 @@ def test_threads_set_in_a_fresh_process_and_a_warning_once_too_late():
         assert not cpu_threads.set_threads(5)
         with pytest.warns(UserWarning, match="threads cannot be set for 5 batch shards"):
             assert cpu_threads.configure(5) == 5
+
+
+def test_shards_derive_each_weight_once(monkeypatch):
+    """The model passes the shards one `SharedDerivations`, so a sharded call computes what
+    layers derive from weights alone (here the LU product W) once per layer, as an unsharded
+    one does."""
+    from keras_flow.layers.inv_conv_1x1 import InvConv1x1
+
+    model, twin = glow_pair(shards=2)
+    products = []
+    lu_product = InvConv1x1._lu_product
+    monkeypatch.setattr(InvConv1x1, "_lu_product",
+                        lambda self: products.append(self) or lu_product(self))
+    x, labels = preprocessed_images((6, 4, 4, 1), seed=7), np.array([0, 1, 2, 0, 1, 2])
+    model.encode(x, labels)
+    unsharded = len(products)
+    products.clear()
+    batches = count_shards(twin)
+    twin.encode(x, labels)
+    assert batches == [3, 3]
+    assert len(products) == unsharded == SMALL["levels"] * SMALL["depth"]
