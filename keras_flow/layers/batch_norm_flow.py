@@ -29,6 +29,13 @@ class BatchNormFlow(FlowLayer):
     Call arguments: `inputs` `(batch_size, height, width, channels)`, `inverse`, `training`.
     Returns: `(outputs, log_det)`, log-det float32 `(batch_size,)`.
 
+    Example:
+        >>> x = np.random.default_rng(0).normal(2.0, 3.0, size=(8, 4, 4, 2)).astype("float32")
+        >>> norm = keras_flow.layers.BatchNormFlow()
+        >>> y, log_det = norm(x, training=True)  # normalised by the batch's moments
+        >>> bool(np.allclose(np.mean(y, axis=(0, 1, 2)), 0.0, atol=1e-4))
+        True
+
     Reference: Dinh et al., "Density estimation using Real NVP", arXiv:1605.08803.
     """
 

@@ -85,6 +85,13 @@ class EdgePaddedConv2D(keras.layers.Layer):
         use_bias: add a bias.
         edge_padding: add the border-indicator term (openai/glow: True).
         kernel_initializer, bias_initializer: Keras initialisers.
+
+    Example:
+        >>> x = np.ones((2, 8, 8, 3), "float32")
+        >>> tuple(keras_flow.layers.EdgePaddedConv2D(16, 3)(x).shape)
+        (2, 8, 8, 16)
+
+    Reference: Kingma & Dhariwal, "Glow", arXiv:1807.03039; openai/glow `conv2d` (edge padding).
     """
 
     def __init__(self, filters, kernel_size=3, use_bias=True, edge_padding=True,
@@ -197,6 +204,13 @@ class ZeroConv2D(EdgePaddedConv2D):
     `W`, `b` and `logs` start at zero, so the layer outputs zeros until trained: the couplings
     it ends start as the identity (additive) or a fixed contraction (affine), and the priors it
     feeds start as N(0, I).
+
+    Example:
+        >>> x = np.ones((2, 8, 8, 3), "float32")
+        >>> float(np.max(np.abs(keras_flow.layers.ZeroConv2D(4)(x))))  # zeros until trained
+        0.0
+
+    Reference: Kingma & Dhariwal, "Glow", arXiv:1807.03039, section 3.3; openai/glow `conv2d_zeros`.
     """
 
     def __init__(self, filters, kernel_size=3, edge_padding=True, log_scale_factor=3.0, **kwargs):
@@ -230,6 +244,14 @@ class WeightNormConv2D(keras.layers.Layer):
 
     `v ~ U(-s, s)` with `s = sqrt(2 / fan_in_channels)`; the gain `g` (when `use_gain`) starts
     at `s * sqrt(fan_in / 12)` as in tensorflow/models real_nvp_utils.
+
+    Example:
+        >>> x = np.ones((2, 8, 8, 3), "float32")
+        >>> tuple(keras_flow.layers.WeightNormConv2D(16, 3)(x).shape)
+        (2, 8, 8, 16)
+
+    Reference: Salimans & Kingma, "Weight Normalization", arXiv:1602.07868; Dinh et al.,
+    arXiv:1605.08803.
     """
 
     def __init__(self, filters, kernel_size=3, use_gain=True, use_bias=True, **kwargs):

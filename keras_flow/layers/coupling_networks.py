@@ -36,6 +36,14 @@ class GlowCouplingNetwork(keras.layers.Layer):
         edge_padding: openai/glow's border-indicator channel on the 3x3 convolutions.
         zero_log_scale_factor: the last convolution's log-scale multiplier (`ZeroConv2D`'s
             `log_scale_factor`; openai/glow: 3).
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(2, 4, 4, 2)).astype("float32")
+        >>> network = keras_flow.layers.GlowCouplingNetwork(4, hidden_width=16)
+        >>> float(np.max(np.abs(network(x))))  # the zero-initialised last convolution
+        0.0
+
+    Reference: Kingma & Dhariwal, "Glow", arXiv:1807.03039, section 3.3; openai/glow `f`.
     """
 
     def __init__(self, output_channels, hidden_width=512, edge_padding=True,
@@ -95,6 +103,15 @@ class ResNetCouplingNetwork(keras.layers.Layer):
         output_channels: channels of the output.
         hidden_width: feature maps of the residual blocks.
         residual_blocks: number of residual blocks.
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(2, 4, 4, 2)).astype("float32")
+        >>> network = keras_flow.layers.ResNetCouplingNetwork(4, hidden_width=8, residual_blocks=1)
+        >>> tuple(network(x).shape)
+        (2, 4, 4, 4)
+
+    Reference: Dinh et al., "Density estimation using Real NVP", arXiv:1605.08803, section 4.1;
+    tensorflow/models research/real_nvp.
     """
 
     def __init__(self, output_channels, hidden_width=64, residual_blocks=4, **kwargs):

@@ -46,6 +46,15 @@ class Reverse(ChannelPermutation):
 
     Call arguments: `inputs` `(batch_size, height, width, channels)`, `inverse`.
     Returns: `(outputs, log_det)` with `log_det = 0` of shape `(batch_size,)`.
+
+    Example:
+        >>> x = np.arange(4, dtype="float32").reshape(1, 1, 1, 4)
+        >>> y, log_det = keras_flow.layers.Reverse()(x)
+        >>> np.asarray(y).ravel().tolist(), float(log_det[0])
+        ([3.0, 2.0, 1.0, 0.0], 0.0)
+
+    Reference: Dinh et al., "Density estimation using Real NVP", arXiv:1605.08803 (the
+    reversal); Kingma & Dhariwal, "Glow", arXiv:1807.03039, section 3.2 (as a baseline).
     """
 
     def make_order(self, channels):
@@ -62,6 +71,15 @@ class Shuffle(ChannelPermutation):
 
     Call arguments: `inputs` `(batch_size, height, width, channels)`, `inverse`.
     Returns: `(outputs, log_det)` with `log_det = 0` of shape `(batch_size,)`.
+
+    Example:
+        >>> x = np.arange(4, dtype="float32").reshape(1, 1, 1, 4)
+        >>> shuffle = keras_flow.layers.Shuffle(seed=0)
+        >>> y, _ = shuffle(x)
+        >>> sorted(np.asarray(y).ravel().tolist()), np.asarray(shuffle.inverse(y)[0]).ravel().tolist()
+        ([0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 2.0, 3.0])
+
+    Reference: Kingma & Dhariwal, "Glow", arXiv:1807.03039, section 3.2 (the baseline).
     """
 
     def __init__(self, seed=0, **kwargs):

@@ -23,6 +23,14 @@ class Squeeze(FlowLayer):
     Call arguments: `inputs` `(batch_size, height, width, channels)` with even height and
     width (forward) or channels divisible by 4 (inverse); `inverse`.
     Returns: `(outputs, log_det)`, log-det float32 zeros `(batch_size,)`.
+
+    Example:
+        >>> x = np.zeros((2, 8, 8, 3), "float32")
+        >>> z, log_det = keras_flow.layers.Squeeze()(x)
+        >>> tuple(z.shape)
+        (2, 4, 4, 12)
+
+    Reference: Dinh et al., "Density estimation using Real NVP", arXiv:1605.08803, section 3.6.
     """
 
     def build(self, input_shape):

@@ -72,11 +72,13 @@ class Glow(FlowModel):
             `keras_flow.cpu_threads`.
 
     Example:
-        >>> model = keras_flow.Glow(levels=2, depth=4, hidden_width=64, image_shape=(8, 8, 1))
-        >>> model.initialize(x_init)
+        >>> x = np.random.default_rng(0).uniform(-0.5, 0.5, (16, 8, 8, 1)).astype("float32")
+        >>> model = keras_flow.Glow(levels=2, depth=2, hidden_width=16, image_shape=(8, 8, 1))
+        >>> model.initialize(x)  # actnorm's data-dependent initialisation
         >>> model.compile(optimizer="adamax")
-        >>> model.fit(train_dataset)
-        >>> images = model.sample(16, temperature=0.7)
+        >>> history = model.fit(x, batch_size=8, epochs=1, verbose=0)
+        >>> tuple(model.bits_per_dim(x).shape), tuple(model.sample(4, temperature=0.7).shape)
+        ((16,), (4, 8, 8, 1))
 
     Reference: Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions",
     arXiv:1807.03039; openai/glow.

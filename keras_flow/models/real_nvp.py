@@ -43,6 +43,15 @@ class RealNVP(FlowModel):
         batch_shards: see `FlowModel`; sharded in inference only, since batch normalisation
             uses the whole batch's statistics in training.
 
+    Example:
+        >>> x = np.random.default_rng(0).uniform(-0.5, 0.5, (8, 8, 8, 1)).astype("float32")
+        >>> model = keras_flow.RealNVP(levels=2, hidden_width=8, residual_blocks=1,
+        ...                            image_shape=(8, 8, 1))
+        >>> model.compile(optimizer="adam")
+        >>> history = model.fit(x, batch_size=8, epochs=1, verbose=0)
+        >>> tuple(model.bits_per_dim(x).shape), tuple(model.sample(2).shape)
+        ((8,), (2, 8, 8, 1))
+
     Reference: Dinh et al., "Density estimation using Real NVP", arXiv:1605.08803.
     """
 
