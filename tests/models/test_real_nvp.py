@@ -1,8 +1,12 @@
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 
 from keras_flow import RealNVP
+from keras_flow.models.real_nvp import LEGACY_OPTIONS
+from keras_flow.layers import AffineCoupling
 from keras_flow.layers import BatchNormFlow
 from keras_flow.models import REALNVP_PRESETS
 from keras_flow.models.presets import preset_config
@@ -44,10 +48,16 @@ def test_architecture_of_the_paper():
                         "scale_0_channel_1", "scale_0_channel_1_bn", "scale_0_channel_2",
                         "scale_0_channel_2_bn"]
     assert len(names[2]) == 8 and model.scales[2]["split"] is None
-    couplings = [f for s in model.scales for f in s["flows"] if hasattr(f, "mask")]
+    flows = [f for s in model.scales for f in s["flows"]]
+    couplings = [f for f in flows if isinstance(f, AffineCoupling)]
     assert [c.mask_parity for c in couplings[:6]] == [0, 1, 0, 0, 1, 0]
     assert [c.hidden_width for c in couplings] == [4] * 3 + [8] * 3 + [8] * 3 + [16] * 3 + [16] * 4
     assert all(c.residual_blocks == 2 for c in couplings)
+    # each batch norm normalises what its coupling transformed, without learned scale or shift
+    norms = [f for f in flows if isinstance(f, BatchNormFlow)]
+    assert [(n.mask, n.mask_parity) for n in norms] == [(c.mask, c.mask_parity) for c in couplings]
+    assert not any(n.center or n.scale for n in norms)
+    assert all(c.resnet_input_norm and c.resnet_skip for c in couplings)
 
 
 def test_encode_uses_batch_norm_in_inference_mode():
@@ -125,3 +135,42 @@ def test_preset_builds_with_overrides():
 def test_labels_are_refused_with_a_pointer_to_glow():
     with pytest.raises(ValueError, match="Glow"):
         RealNVP(levels=1, hidden_width=4, residual_blocks=1, num_classes=3)
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_a_file_saved_by_0_1_0_loads_with_its_outputs():
+    """`real_nvp_0.1.0.keras` was written by keras_flow 0.1.0 (commit 35690c7; a perturbed
+    8x8x1 model whose batch-norm statistics moved), with its outputs in the `.npz`: its config
+    has none of the new options, so it rebuilds 0.1.0's architecture and gives the same
+    bits/dim, latents and log-dets."""
+    model = keras.saving.load_model(DATA / "real_nvp_0.1.0.keras")
+    expected = np.load(DATA / "real_nvp_0.1.0.npz")
+    config = model.get_config()
+    for key, value in LEGACY_OPTIONS.items():
+        assert config[key] == value, key
+    x = expected["x"]
+    np.testing.assert_allclose(to_numpy(model.bits_per_dim(x)), expected["bits"], rtol=1e-6)
+    eps_list, log_det = model.encode(x)
+    np.testing.assert_allclose(to_numpy(log_det), expected["log_det"], rtol=1e-6, atol=1e-4)
+    for index, eps in enumerate(eps_list):
+        np.testing.assert_allclose(to_numpy(eps), expected[f"eps{index}"], rtol=1e-5, atol=1e-5)
+
+
+def test_the_legacy_architecture_saves_and_reloads(tmp_path):
+    """A model built with 0.1.0's options, saved now and reloaded, keeps them and its outputs;
+    a config without the new keys (an old file's) gives the same weights as the legacy options
+    spelled out."""
+    model = small_perturbed_real_nvp(**LEGACY_OPTIONS)
+    x = preprocessed_images((4, 4, 4, 2), seed=7)
+    expected = to_numpy(model.bits_per_dim(x))
+    path = str(tmp_path / "legacy.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert {k: loaded.get_config()[k] for k in LEGACY_OPTIONS} == LEGACY_OPTIONS
+    np.testing.assert_array_equal(to_numpy(loaded.bits_per_dim(x)), expected)
+    old_config = {k: v for k, v in model.get_config().items() if k not in LEGACY_OPTIONS}
+    clone = RealNVP.from_config(old_config)
+    assert [w.path for w in clone.weights] == [w.path for w in model.weights]
+    assert not clone.losses  # no regularisation in 0.1.0
