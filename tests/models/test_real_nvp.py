@@ -174,3 +174,26 @@ def test_the_legacy_architecture_saves_and_reloads(tmp_path):
     clone = RealNVP.from_config(old_config)
     assert [w.path for w in clone.weights] == [w.path for w in model.weights]
     assert not clone.losses  # no regularisation in 0.1.0
+
+
+def test_l2_is_the_originals_on_gains_and_checkerboard_tanh_scalars():
+    """`l2` in the original's units (nats per image) becomes `l2 / (D ln 2)` beside the
+    bits/dim objective, on every weight-norm gain and the checkerboard couplings' tanh scalars
+    only (the RealNVP code matches `magnitude` and `rescaling_scale` by name)."""
+    model = RealNVP(**SMALL)
+    weights = model.regularized_weights()
+    couplings = [f for s in model.scales for f in s["flows"] if isinstance(f, AffineCoupling)]
+    tanh_scales = {id(c.tanh_scale) for c in couplings if c.mask == "checkerboard"}
+    assert tanh_scales <= {id(w) for w in weights}
+    assert not {id(c.tanh_scale) for c in couplings if c.mask == "channel"} & {
+        id(w) for w in weights}
+    gains = [w for w in model.trainable_weights if w.path.endswith("gain")]
+    assert len(weights) == len(gains) + len(tanh_scales)
+    for weight in weights:
+        weight.assign(weight + 0.5)
+    expected = 5e-5 / (32 * np.log(2.0)) * sum(float(np.sum(to_numpy(w) ** 2)) for w in weights)
+    assert float(sum(to_numpy(loss) for loss in model.losses)) == pytest.approx(expected,
+                                                                                rel=1e-5)
+    assert not RealNVP(**SMALL, l2=0.0).losses
+    with pytest.raises(ValueError, match="l2 must be a number >= 0"):
+        RealNVP(l2=-1.0)
