@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import keras
@@ -5,6 +6,9 @@ import numpy as np
 import pytest
 
 from keras_flow import RealNVP
+from keras_flow import data
+from keras_flow import training
+from keras_flow.optimizers import make_optimizer
 from keras_flow.models.real_nvp import LEGACY_OPTIONS
 from keras_flow.layers import AffineCoupling
 from keras_flow.layers import BatchNormFlow
@@ -197,3 +201,47 @@ def test_l2_is_the_originals_on_gains_and_checkerboard_tanh_scalars():
     assert not RealNVP(**SMALL, l2=0.0).losses
     with pytest.raises(ValueError, match="l2 must be a number >= 0"):
         RealNVP(l2=-1.0)
+
+
+@pytest.mark.parametrize("name, augment", [("cifar10", "flip"), ("imagenet32", "none"),
+                                           ("imagenet64", "none"), ("celeba64", "flip"),
+                                           ("grey32", "none")])
+def test_presets_train_as_the_realnvp_code(name, augment):
+    """Adam (beta_2 0.999) at 1e-3, no warm-up, the code's clip at norm 100 on a loss in nats
+    per image as the same clip on bits/dim, and the original's augmentation."""
+    config = training.resolve_config(training.TrainConfig(model="realnvp", preset=name))
+    dims = math.prod(REALNVP_PRESETS[name]["image_shape"])
+    assert (config.optimizer, config.lr, config.beta_2) == ("adam", 1e-3, 0.999)
+    assert training.parse_warmup(config.warmup, 100) == 0
+    assert config.clip_norm == pytest.approx(100 / (dims * math.log(2)))
+    assert config.augment == augment
+    flag_wins = training.TrainConfig(model="realnvp", preset=name, optimizer="adamax",
+                                     augment="shift", clip_norm=0.0)
+    resolved = training.resolve_config(flag_wins)
+    assert (resolved.optimizer, resolved.augment, resolved.clip_norm) == ("adamax", "shift", 0.0)
+
+
+def test_glow_presets_keep_openai_glows_training():
+    cifar = training.resolve_config(training.TrainConfig(preset="cifar10"))
+    assert (cifar.optimizer, cifar.augment) == ("adamax", "shift")
+    digits = training.resolve_config(training.TrainConfig())
+    assert (digits.optimizer, digits.augment) == ("adamax", "none")
+
+
+@pytest.mark.slow
+def test_grey32_preset_trains():
+    """The 32x32 grey preset's architecture (4 scales), narrowed to width 2 and one residual
+    block, trains a few steps with the preset's data and optimiser options (as `train.py
+    --model realnvp --preset grey32` resolves them) on the digits resized to 32x32."""
+    config = training.resolve_config(training.TrainConfig(
+        model="realnvp", preset="grey32", dataset="digits", image_size=32, batch_size=16))
+    flow = data.load("digits", batch_size=16, image_size=32, levels=3, augment=config.augment)
+    model = RealNVP.from_preset("grey32", hidden_width=2, residual_blocks=1)
+    assert model.image_shape == flow.image_shape == (32, 32, 1)
+    model.initialize(flow.init_batch(16))
+    model.compile(optimizer=make_optimizer(config.optimizer, config.lr, 0, None,
+                                           config.clip_norm, beta_2=config.beta_2),
+                  run_eagerly=True)  # (tracing this 4-scale model costs more than 3 steps)
+    history = model.fit(flow.train.take(2), epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][-1])
+    assert np.all(np.isfinite(to_numpy(model.bits_per_dim(next(iter(flow.test))))))
