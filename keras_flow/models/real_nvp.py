@@ -1,6 +1,7 @@
 """RealNVP (Dinh, Sohl-Dickstein & Bengio 2017), multi-scale with batch norm in the flow."""
 
 import math
+import numbers
 
 import keras
 
@@ -87,7 +88,8 @@ class RealNVP(FlowModel):
         self.levels = int(levels)
         self.hidden_width = int(hidden_width)
         self.residual_blocks = int(residual_blocks)
-        if not (isinstance(l2, (int, float)) and math.isfinite(l2) and l2 >= 0):
+        if not (isinstance(l2, numbers.Real) and not isinstance(l2, bool)
+                and math.isfinite(l2) and l2 >= 0):
             raise ValueError(f"l2 must be a number >= 0 (0: no regularisation); got {l2!r}.")
         self.resnet_input_norm = bool(resnet_input_norm)
         self.resnet_skip = bool(resnet_skip)
