@@ -26,11 +26,25 @@ Pipeline, the same for every source:
 2. uint8 stage: optional resize to `image_size`, then fitting height and width
    to multiples of `2**levels` (`fit`: zero-pad, resize or raise); cached in
    memory when the split fits.
-3. Train: seeded shuffle (reshuffled every epoch), batch, then
+3. Train: seeded shuffle (reshuffled every epoch), batch, optional
+   augmentation of the uint8 images (`augment`, below), then
    `keras_flow.preprocessing.preprocess` with fresh uniform noise every epoch.
    Validation and test: `preprocess` with one fixed noise draw per example
    (stateless, seeded by the example's index), then batch.
 4. Prefetch.
+
+Augmentation (`augment`, training batches only; validation, test and
+`init_batch` images are never augmented), each image drawn independently and
+reproducibly from `seed`:
+
+- `"none"` (default).
+- `"flip"`: left-right flip with probability 1/2 (RealNVP: its code flips
+  CelebA and LSUN, its paper CIFAR-10 too).
+- `"shift"`: openai/glow's CIFAR-10 and MNIST augmentation (`--dal 1`, Keras's
+  `ImageDataGenerator(width_shift_range=0.1, height_shift_range=0.1)`): a
+  translation by a uniform real offset in [-0.1, 0.1] x height rows and,
+  independently, x width columns, resampled bilinearly with the border pixels
+  repeated outside the image, then floored back to uint8.
 
 Elements are float32 images `[batch_size, height, width, channels]` in
 [-0.5, 0.5), or with `with_labels=True` dicts
@@ -86,6 +100,9 @@ _AUTO_CACHE_BYTES = 2 * 2**30
 _EVAL_NOISE_STREAMS = {"validation": 1, "test": 2}
 _SPLITS = ("train", "validation", "test")
 _AUTOTUNE = tf.data.AUTOTUNE
+AUGMENTATIONS = ("none", "flip", "shift")
+SHIFT_RANGE = 0.1  # openai/glow's width_shift_range = height_shift_range
+_AUGMENT_STREAM = 1  # folded into a batch's noise seed for its augmentation seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +196,7 @@ def load(
     on_bad_file="skip",
     data_dir=None,
     cache="auto",
+    augment="none",
 ):
     """Loads an image source into batched, preprocessed `tf.data` pipelines.
 
@@ -208,6 +226,8 @@ def load(
         data_dir: TensorFlow Datasets data directory.
         cache: `"auto"` caches a split's uint8 images in memory when they take
             at most 2 GiB; `True` always, `False` never.
+        augment: `"none"`, `"flip"` or `"shift"` (see the module docstring):
+            applied to training batches only.
 
     Returns:
         A `FlowData`.
@@ -222,6 +242,7 @@ def load(
         batch_size, n_bits, levels, image_size, fit, validation_fraction,
         test_fraction, on_bad_file, cache,
     )
+    _check_choice("augment", augment, AUGMENTATIONS)
     source = _read_source(kind, argument, image_size, on_bad_file, data_dir)
     if with_labels and source.class_names is None:
         raise ValueError(
@@ -238,7 +259,7 @@ def load(
         examples = _cached(examples, sizes[split], image_shape, cache)
         if split == "train":
             batches[split] = _train_batches(
-                examples, sizes[split], batch_size, n_bits, seed, with_labels
+                examples, sizes[split], batch_size, n_bits, seed, with_labels, augment
             )
         else:
             batches[split] = _eval_batches(examples, split, batch_size, n_bits, with_labels)
@@ -775,17 +796,46 @@ def _shuffled(examples, size, seed):
     return examples.shuffle(min(size, _SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
 
 
-def _train_batches(examples, size, batch_size, n_bits, seed, with_labels):
-    """Shuffled batches with fresh uniform noise every epoch, reproducible from `seed`."""
+def _train_batches(examples, size, batch_size, n_bits, seed, with_labels, augment="none"):
+    """Shuffled batches with fresh uniform noise (and augmentation) every epoch, reproducible
+    from `seed`."""
     batches = _shuffled(examples, size, seed).batch(batch_size, drop_remainder=size >= batch_size)
     noise_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
     def dequantise(batch, noise_seed):
-        images = preprocessing.preprocess(batch["image"], n_bits, seed=noise_seed)
+        images = batch["image"]
+        if augment != "none":
+            augment_seed = tf.random.experimental.stateless_fold_in(noise_seed, _AUGMENT_STREAM)
+            images = augment_images(images, augment, augment_seed)
+        images = preprocessing.preprocess(images, n_bits, seed=noise_seed)
         return _element(images, batch, with_labels)
 
     batches = tf.data.Dataset.zip(batches, noise_seeds)
     return batches.map(dequantise, num_parallel_calls=_AUTOTUNE).prefetch(_AUTOTUNE)
+
+
+def augment_images(images, augment, seed):
+    """`augment` ("none", "flip" or "shift"; module docstring) applied to each image of a uint8
+    batch `[batch, height, width, channels]`, drawn from the stateless `seed` (shape `[2]`)."""
+    _check_choice("augment", augment, AUGMENTATIONS)
+    if augment == "none":
+        return images
+    batch = tf.shape(images)[0]
+    if augment == "flip":
+        flip = tf.random.stateless_uniform([batch], seed) < 0.5
+        return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    size = tf.cast(tf.stack([width, height]), tf.float32)
+    offsets = tf.random.stateless_uniform([batch, 2], seed, -SHIFT_RANGE, SHIFT_RANGE) * size
+    ones, zeros = tf.ones([batch, 1]), tf.zeros([batch, 1])
+    # output pixel (x, y) reads input (x + dx, y + dy), as scipy's affine_transform in Keras
+    transforms = tf.concat([ones, zeros, offsets[:, :1], zeros, ones, offsets[:, 1:],
+                            zeros, zeros], axis=1)
+    shifted = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(images, tf.float32), transforms=transforms,
+        output_shape=tf.stack([height, width]), fill_value=0.0, interpolation="BILINEAR",
+        fill_mode="NEAREST")
+    return tf.cast(tf.clip_by_value(tf.floor(shifted), 0.0, 255.0), tf.uint8)
 
 
 def _eval_batches(examples, split, batch_size, n_bits, with_labels):

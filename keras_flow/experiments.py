@@ -59,7 +59,8 @@ def train_variant(config, data, steps, eval_every, seed=0, learning_rate=1e-3,
 
     Args:
         config: constructor arguments of the model, e.g. `dict(levels=2, depth=8,
-            hidden_width=64, permutation="shuffle", coupling="additive")`.
+            hidden_width=64, permutation="shuffle", coupling="additive")`; `num_bins` comes
+            from the data's `n_bits`.
         data: keyword arguments of `keras_flow.data.load`, e.g.
             `dict(dataset="digits", batch_size=64, n_bits=8)` (not `levels` or `seed`).
         steps: training steps, a multiple of `eval_every`.
@@ -82,7 +83,12 @@ def train_variant(config, data, steps, eval_every, seed=0, learning_rate=1e-3,
         raise ValueError(
             f"{flow.name!r} has no test split; pass test_fraction > 0 in data.")
     test = flow.test if test_batches is None else flow.test.take(test_batches)
-    model = model_class(**config, seed=seed)
+    num_bins = 2 ** flow.n_bits  # the data's bins: the bits/dim's discretisation term
+    if config.get("num_bins", num_bins) != num_bins:
+        raise ValueError(
+            f"config has num_bins={config['num_bins']} but the data keeps n_bits={flow.n_bits} "
+            f"({num_bins} bins); drop num_bins from config, train_variant sets it.")
+    model = model_class(**{**config, "num_bins": num_bins}, seed=seed)
     model.initialize(flow.init_batch(min(init_size, flow.num_train)))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate))
     curves = CurveRecorder(eval_every)

@@ -61,7 +61,8 @@ POLICIES = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 JIT = {"auto": "auto", "on": True, "off": False}
 FIT_MODES = ("pad", "resize", "error")
 STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
-DEFAULTS = dict(n_bits=8, batch_size=64, lr=1e-3, epochs=10, warmup="1epoch", ema=0.0)
+DEFAULTS = dict(n_bits=8, batch_size=64, lr=1e-3, epochs=10, warmup="1epoch", ema=0.0,
+                optimizer="adamax", augment="none")
 # Options that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("out", "epochs", "max_seconds", "checkpoint_every", "verbose", "overwrite",
                      "strategy", "cpu_devices", "jit", "remat", "batch_shards",
@@ -127,8 +128,13 @@ class TrainConfig:
     classifier_weight: float = _option(0.0, "Glow: weight of the class-prediction loss "
                                        "(openai/glow weight_y; needs --conditional)")
     n_bits: int = _option(None, "bits per colour channel kept, 1..8 (default: preset, else 8)")
-    optimizer: str = _option("adamax", "adamax: openai/glow's (beta2 = 1 - 1/steps_per_epoch)"
-                             "; adam: Adam (with TensorFlow's fused update)", choices=OPTIMIZERS)
+    augment: str = _option(None, "training-batch augmentation: none, flip (left-right, as "
+                           "RealNVP) or shift (openai/glow's random translation by up to a "
+                           "tenth of the size; default: preset, else none)",
+                           choices=("none", "flip", "shift"))
+    optimizer: str = _option(None, "adamax: openai/glow's (beta2 = 1 - 1/steps_per_epoch)"
+                             "; adam: Adam (with TensorFlow's fused update) (default: preset, "
+                             "else adamax)", choices=OPTIMIZERS)
     lr: float = _option(None, "peak learning rate (default: preset, else 1e-3)")
     warmup: str = _option(None, "linear learning-rate warm-up: N steps, or 'Xepochs' / 'Xep' "
                           "(default: preset, else 1epoch; 0: none)")
@@ -541,7 +547,7 @@ def load_data(config):
                      levels=squeezes(config), image_size=config.image_size, fit=config.fit,
                      validation_fraction=config.validation_fraction,
                      with_labels=config.conditional, seed=config.seed,
-                     on_bad_file=config.on_bad_file)
+                     on_bad_file=config.on_bad_file, augment=config.augment)
 
 
 def make_plan(config, out, data):

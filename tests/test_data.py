@@ -262,3 +262,87 @@ def test_idx_bad_magic_raises(tmp_path):
     (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x12\x34\x08\x03" + bytes(12))
     with pytest.raises(ValueError, match="bad magic number 0x12340803"):
         data.load(f"idx:{tmp_path}")
+
+
+# --- augmentation ---------------------------------------------------------------
+
+
+def _uint8(images, n_bits=8):
+    """The uint8 images under the dequantisation noise: floor((x + 0.5) * 2**n_bits)."""
+    return np.floor((np.asarray(images, np.float64) + 0.5) * 2**n_bits).astype(np.uint8)
+
+
+def _first_batches(loaded, count=3):
+    return [batch.numpy() for batch in loaded.train.take(count)]
+
+
+def test_flip_mirrors_some_training_images_and_no_held_out_one():
+    plain = data.load("digits", batch_size=32, seed=3)
+    flipped = data.load("digits", batch_size=32, seed=3, augment="flip")
+    mirrored = unchanged = 0
+    for a, b in zip(_first_batches(plain), _first_batches(flipped)):
+        source, got = _uint8(a), _uint8(b)  # same shuffle: the same images in the same order
+        for x, y in zip(source, got):
+            same, mirror = np.array_equal(x, y), np.array_equal(x[:, ::-1], y)
+            assert same or mirror
+            mirrored += mirror and not same
+            unchanged += same and not mirror
+    assert mirrored > 10 and unchanged > 10
+    for split in ("validation", "test"):
+        np.testing.assert_array_equal(_all_images(getattr(plain, split)),
+                                      _all_images(getattr(flipped, split)))
+    np.testing.assert_array_equal(plain.init_batch(16), flipped.init_batch(16))
+
+
+def test_shift_is_openai_glows_translation():
+    """The pipeline's shifted training images are Keras's `ImageDataGenerator(
+    width_shift_range=0.1, height_shift_range=0.1)` as openai/glow used it: scipy's
+    `affine_transform(order=1, mode="nearest")` by a uniform offset, floored to uint8."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 10, 10, 3), dtype=np.uint8)
+    seed = tf.constant([4, 5], tf.int64)
+    got = data.augment_images(tf.constant(images), "shift", seed).numpy()
+    offsets = tf.random.stateless_uniform([6, 2], seed, -0.1, 0.1).numpy() * 10  # (dx, dy)
+    assert np.all(np.abs(offsets) <= 1.0) and np.any(np.abs(offsets) > 0.5)
+    for image, shifted, (dx, dy) in zip(images, got, offsets):
+        for channel in range(3):
+            reference = ndimage.affine_transform(
+                image[..., channel].astype(np.float32), np.eye(2), offset=(dy, dx), order=1,
+                mode="nearest")
+            np.testing.assert_array_equal(
+                shifted[..., channel], np.clip(np.floor(reference), 0, 255).astype(np.uint8))
+        assert not np.array_equal(shifted, image)
+
+
+def test_shift_moves_training_images_only():
+    plain = data.load("digits", batch_size=32, seed=3)
+    shifted = data.load("digits", batch_size=32, seed=3, augment="shift")
+    changed = 0
+    for a, b in zip(_first_batches(plain), _first_batches(shifted)):
+        changed += int(np.sum(np.any(_uint8(a) != _uint8(b), axis=(1, 2, 3))))
+    assert changed > 48  # of 96: most offsets round to a visible change at 8x8
+    for split in ("validation", "test"):
+        np.testing.assert_array_equal(_all_images(getattr(plain, split)),
+                                      _all_images(getattr(shifted, split)))
+
+
+@pytest.mark.parametrize("augment", ["flip", "shift"])
+def test_augmentation_is_reproducible_from_the_seed(augment):
+    first = _first_batches(data.load("digits", batch_size=32, seed=5, augment=augment), 2)
+    again = _first_batches(data.load("digits", batch_size=32, seed=5, augment=augment), 2)
+    other = _first_batches(data.load("digits", batch_size=32, seed=6, augment=augment), 2)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], other[0])
+    loaded = data.load("digits", batch_size=32, seed=5, augment=augment)
+    epochs = [np.concatenate(_first_batches(loaded, 2)) for _ in range(2)]
+    assert not np.array_equal(epochs[0], epochs[1])  # fresh draws every epoch
+
+
+def test_no_augmentation_leaves_the_pipeline_as_it_was():
+    np.testing.assert_array_equal(
+        np.concatenate(_first_batches(data.load("digits", seed=2), 2)),
+        np.concatenate(_first_batches(data.load("digits", seed=2, augment="none"), 2)))
+    with pytest.raises(ValueError, match="augment must be one of"):
+        data.load("digits", augment="rotate")

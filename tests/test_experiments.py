@@ -87,3 +87,20 @@ def test_summary_table_has_a_row_per_variant():
     assert "| reverse / affine | 1.235 | 1.235 | 1.200 | 0.0100 | 2 | 12,345 | 3.0e-07 |" in lines
     assert "| conv1x1 / affine | 1.500 ± 0.500 | 1.500 ± 0.500 |" in lines[3]
     assert "| nan |" in lines[4]
+
+
+def test_train_variant_reports_bits_per_dim_at_the_datas_bits():
+    """Below 8 bits the model gets the data's bins: the test bits/dim is the mean of
+    `(-log p(x) + D log 2**n_bits) / (D ln 2)`, not 8 - n_bits bits/dim higher."""
+    data = dict(dataset="digits", batch_size=16, n_bits=4)
+    model, history = experiments.train_variant(
+        dict(levels=1, depth=1, hidden_width=4), data, steps=2, eval_every=2, test_batches=1)
+    assert model.num_bins == 16
+    flow = experiments.flow_data.load(**data, levels=1)
+    images = next(iter(flow.test))
+    dims = math.prod(images.shape[1:])
+    log_prob = ops.convert_to_numpy(model.log_prob(images))
+    expected = np.mean((-log_prob + dims * math.log(16)) / (dims * math.log(2)))
+    assert history["test_bpd"][-1] == pytest.approx(expected, abs=1e-3)
+    with pytest.raises(ValueError, match="num_bins=256 but the data keeps n_bits=4"):
+        experiments.train_variant(dict(levels=1, num_bins=256), data, 2, 2)

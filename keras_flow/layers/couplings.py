@@ -11,6 +11,7 @@ from keras_flow.layers.base import require_channels
 from keras_flow.layers.base import split_channels
 from keras_flow.layers.base import sum_per_example
 from keras_flow.layers.base import zero_log_det
+from keras_flow.layers.coupling_networks import RESNET_LEGACY_OPTIONS
 from keras_flow.layers.coupling_networks import GlowCouplingNetwork
 from keras_flow.layers.coupling_networks import ResNetCouplingNetwork
 
@@ -47,7 +48,8 @@ class Coupling(FlowLayer):
     params_per_channel = 1
 
     def __init__(self, hidden_width=512, mask="channel", mask_parity=0, network="glow",
-                 residual_blocks=4, edge_padding=True, zero_log_scale_factor=3.0, **kwargs):
+                 residual_blocks=4, edge_padding=True, zero_log_scale_factor=3.0,
+                 resnet_input_norm=True, resnet_skip=True, **kwargs):
         super().__init__(**kwargs)
         if mask not in MASKS:
             raise ValueError(f"Unknown mask {mask!r}; choose one of {MASKS}.")
@@ -65,6 +67,8 @@ class Coupling(FlowLayer):
         self.residual_blocks = int(residual_blocks)
         self.edge_padding = bool(edge_padding)
         self.zero_log_scale_factor = float(zero_log_scale_factor)
+        self.resnet_input_norm = bool(resnet_input_norm)
+        self.resnet_skip = bool(resnet_skip)
 
     def build(self, input_shape):
         channels = require_channels(self, input_shape)
@@ -88,7 +92,9 @@ class Coupling(FlowLayer):
                                        self.zero_log_scale_factor, name="network",
                                        dtype=self.dtype_policy)
         return ResNetCouplingNetwork(output_channels, self.hidden_width, self.residual_blocks,
-                                     name="network", dtype=self.dtype_policy)
+                                     input_norm=self.resnet_input_norm, skip=self.resnet_skip,
+                                     masked_input=self.mask == "checkerboard", name="network",
+                                     dtype=self.dtype_policy)
 
     def _split(self, inputs):
         """Returns `(network input, changed part, unchanged channels or None, active mask or
@@ -152,8 +158,15 @@ class Coupling(FlowLayer):
         config.update(hidden_width=self.hidden_width, mask=self.mask,
                       mask_parity=self.mask_parity, network=self.network_type,
                       residual_blocks=self.residual_blocks, edge_padding=self.edge_padding,
-                      zero_log_scale_factor=self.zero_log_scale_factor)
+                      zero_log_scale_factor=self.zero_log_scale_factor,
+                      resnet_input_norm=self.resnet_input_norm, resnet_skip=self.resnet_skip)
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # a config from before the `resnet_*` options rebuilds the network it was saved with
+        legacy = {f"resnet_{key}": value for key, value in RESNET_LEGACY_OPTIONS.items()}
+        return cls(**{**legacy, **config})
 
 
 @keras.saving.register_keras_serializable(package="keras_flow")
@@ -174,6 +187,8 @@ class AdditiveCoupling(Coupling):
         edge_padding: openai/glow's border channel in the `"glow"` network.
         zero_log_scale_factor: log-scale multiplier of the `"glow"` network's zero-initialised
             last convolution (openai/glow: 3).
+        resnet_input_norm, resnet_skip: the `"resnet"` network's `input_norm` and `skip`
+            (`ResNetCouplingNetwork`; both on, as the RealNVP code).
 
     Call arguments: `inputs` `(batch_size, height, width, channels)`, `inverse`.
     Returns: `(outputs, log_det)`, log-det float32 `(batch_size,)`.

@@ -19,6 +19,10 @@ VARIANTS = {
         scale_fn="tanh", tanh_scale_init=0.0, **kw),
     "realnvp-channel": lambda **kw: AffineCoupling(
         hidden_width=16, network="resnet", residual_blocks=1, scale_fn="tanh", **kw),
+    # keras_flow 0.1.0's s/t network: raw input, no skip path (what old files rebuild)
+    "realnvp-checkerboard-0.1.0": lambda **kw: AffineCoupling(
+        hidden_width=16, mask="checkerboard", network="resnet", residual_blocks=1,
+        scale_fn="tanh", tanh_scale_init=0.0, resnet_input_norm=False, resnet_skip=False, **kw),
     # thin sides (convolutions.is_thin), on oneDNN: the first convolution as a
     # `thin_input_conv` (3 inputs, 36 outputs), the last as a `tap_sum_conv` (36 -> 4, 20 -> 2)
     "affine-thin-sides": lambda **kw: AffineCoupling(hidden_width=36, **kw),
@@ -123,3 +127,20 @@ def test_sigmoid_scale_matches_the_log_sigmoid_formula(log_scale_clip):
                                for v in layer(layer(x)[0], inverse=True))
     np.testing.assert_allclose(x_back, x, atol=1e-4)
     np.testing.assert_allclose(inverse_log_det, -log_det, rtol=1e-6)
+
+
+def test_a_config_without_the_resnet_options_rebuilds_the_0_1_0_network():
+    config = AffineCoupling(hidden_width=8, network="resnet").get_config()
+    assert config["resnet_input_norm"] and config["resnet_skip"]
+    del config["resnet_input_norm"], config["resnet_skip"]
+    old = AffineCoupling.from_config(config)
+    old.build((None, 4, 4, 4))
+    assert not old.network.input_norm and not old.network.skip
+    assert old.network.get_config()["masked_input"] is False
+
+
+def test_checkerboard_tells_the_network_its_input_carries_the_mask():
+    layer = AffineCoupling(hidden_width=8, network="resnet", mask="checkerboard")
+    layer.build((None, 4, 4, 2))
+    assert layer.network.masked_input
+    assert layer.network.conv_in.direction.shape[2] == 2 * 2 + 1
