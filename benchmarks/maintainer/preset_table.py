@@ -1,4 +1,4 @@
-"""The preset table of docs/models.md: every Glow and RealNVP preset built, with its parameter count.
+"""The preset table of docs/models.md: every Glow and RealNVP preset built, with its parameters.
 
     python benchmarks/maintainer/preset_table.py                # Markdown table (~1-2 minutes)
     python benchmarks/maintainer/preset_table.py --check-sizes  # also asserts the counts do not
