@@ -146,17 +146,27 @@ def test_bash_blocks_name_scripts_and_flags_that_exist():
     assert not problems, "\n".join(problems)
 
 
-def test_pages_link_to_files_that_exist():
-    """Relative links between the pages and to the repository's files; the pages other
-    branches add (design, training, realnvp, likelihood) are allowed before they land."""
+def anchors(page):
+    """GitHub's heading anchors of a Markdown page."""
+    headings = re.findall(r"^#+ (.+)$", BLOCK.sub("", page.read_text()), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_pages_link_to_files_and_headings_that_exist():
+    """Relative links between the pages and to the repository's files, and their #anchors;
+    the pages other branches add (design, training, realnvp, likelihood) are allowed before
+    they land."""
     pending = {"design.md", "training.md", "realnvp.md", "likelihood.md"}
     problems = []
     for page in PAGES:
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)]*))?\)", page.read_text()):
             if "://" in target or Path(target).name in pending:
                 continue
-            if not (page.parent / target).exists():
+            path = page.parent / target if target else page
+            if not path.exists():
                 problems.append(f"{page.name}: {target}")
+            elif anchor and anchor not in anchors(path):
+                problems.append(f"{page.name}: {target}#{anchor}")
     assert not problems, problems
 
 
