@@ -189,7 +189,7 @@ def test_readme_test_command_is_what_ci_runs():
 @pytest.mark.maintainer
 @pytest.mark.slow
 def test_preset_table_matches_the_built_presets():
-    """docs/models.md's preset table against a fresh build of every preset (1-2 minutes)."""
+    """docs/models.md's preset table against a fresh build of every preset (minutes)."""
     result = subprocess.run([sys.executable, "benchmarks/maintainer/preset_table.py"], cwd=ROOT,
                             capture_output=True, text=True, timeout=900,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
