@@ -53,7 +53,7 @@ POLICIES = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 TEMPERATURE = 0.7
 LEARNING_RATE = 1e-4
 WARMUP_STEPS = 500  # train.py warms up too (one epoch): at a constant 1e-4 the cifar10
-                    # preset's loss spikes at its third step (benchmarks/warmup_spike.py)
+                    # preset's loss spikes at its third step (BENCHMARKS.md)
 
 
 def parse_args(argv=None):

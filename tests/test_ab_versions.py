@@ -1,4 +1,5 @@
-"""benchmarks/ab_versions.py: the revision's package exported beside the working tree's."""
+"""benchmarks/ab_versions.py: the revision's package exported beside the working tree's. A
+maintainer tool: off the default run (`python3 -m pytest -q -m maintainer`)."""
 
 import re
 import shutil
@@ -11,6 +12,8 @@ from keras import ops
 
 import keras_flow
 from tests.scripts import load_script
+
+pytestmark = pytest.mark.maintainer
 
 
 def has_history(root):

@@ -197,8 +197,8 @@ def test_verbose_export_prints_each_endpoint_signature(tmp_path, capsys):
 
 
 def test_samples_of_a_few_bits_model_are_bit_reduced_images(tmp_path):
-    """README's example: with n_bits < 8 the samples lie on the n_bits grid, saturated ones
-    too, so decode(encode(samples)) == samples."""
+    """docs/export.md's bin-centre example: with n_bits < 8 the samples lie on the n_bits grid,
+    saturated ones too, so decode(encode(samples)) == samples."""
     images = uint8_images(4)
     model = tiny_glow(levels=1, depth=1, hidden_width=4, num_bins=16)
     model.initialize(preprocessing.preprocess(images, 4, seed=1))

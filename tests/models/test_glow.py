@@ -234,7 +234,7 @@ def test_small_preset_builds():
 
 
 def test_concrete_bits_per_dim_takes_any_batch_and_follows_the_weights():
-    """README's "Compiled inference": a concrete function of `bits_per_dim` traced for any
+    """docs/models.md, "Compiled inference": a concrete function of `bits_per_dim` traced for any
     batch size gives the eager values at every size (batch shards included) and reads the
     weights at each call."""
     model = Glow(levels=2, depth=2, hidden_width=8, image_shape=(4, 4, 2), batch_shards=2)

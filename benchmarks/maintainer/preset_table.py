@@ -1,8 +1,8 @@
-"""The preset table of the README: every Glow and RealNVP preset built, with its parameter count.
+"""The preset table of docs/models.md: every Glow and RealNVP preset built, with its parameters.
 
-    python benchmarks/preset_table.py                 # Markdown table on stdout (~1-2 minutes)
-    python benchmarks/preset_table.py --check-sizes   # also asserts the counts do not depend on
-                                                      # the image size (builds each twice)
+    python benchmarks/maintainer/preset_table.py                # Markdown table (~1-2 minutes)
+    python benchmarks/maintainer/preset_table.py --check-sizes  # also asserts the counts do not
+                                                                # depend on the image size
 
 Each preset is built at its own image shape (weights only, no forward pass), one at a time and
 deleted before the next; `parameters` is `model.count_params()` (trainable and non-trainable

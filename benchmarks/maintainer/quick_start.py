@@ -1,8 +1,8 @@
 """Where the quick start's time goes: `python3 train.py` (the digits preset), timed.
 
-    python benchmarks/quick_start.py                              # as train.py runs it
-    python benchmarks/quick_start.py --steps-per-execution 10
-    python benchmarks/quick_start.py --epochs 4
+    python benchmarks/maintainer/quick_start.py         # as train.py runs it
+    python benchmarks/maintainer/quick_start.py --steps-per-execution 10
+    python benchmarks/maintainer/quick_start.py --epochs 4
 
 Runs `keras_flow.training.train` with train.py's defaults (and `--epochs`,
 `--steps-per-execution` if given) into a temporary folder, with a callback last in the list

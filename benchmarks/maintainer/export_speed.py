@@ -1,7 +1,7 @@
 """Speed of an exported SavedModel's endpoints (keras_flow.export), loaded with TensorFlow alone.
 
-    python benchmarks/export_speed.py --workload W1                  # batch shards, 1 thread/op
-    python benchmarks/export_speed.py --workload W1 --batch-shards 1 # TensorFlow's own threads
+    python benchmarks/maintainer/export_speed.py --workload W1     # batch shards, 1 thread/op
+    python benchmarks/maintainer/export_speed.py --workload W1 --batch-shards 1  # TF's threads
 
 Builds throughput.py's Glow for the workload (same seed, actnorms initialised on its batch),
 exports it to a temporary directory (`export_s`: the seconds `keras_flow.export` took), loads
@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: throughput.py
 import throughput  # noqa: E402
 
 
