@@ -1,7 +1,8 @@
 """The one checker every flow layer and model goes through (backend-neutral).
 
 invertibility, log-dets that cancel, log-det == log|det J| of the autodiff Jacobian, config and
-`.keras` round trips, mixed precision. Weights are always moved well away from their
+`.keras` round trips, the symbolic output spec against a real call, weights created in `build`,
+mixed precision. Weights are always moved well away from their
 initialisation first, so an identity-initialised layer cannot pass by doing nothing.
 """
 
@@ -165,6 +166,40 @@ def check_rejects_other_channels(layer, x):
             layer(wider, inverse=inverse)
 
 
+def symbolic(inputs):
+    """`keras.KerasTensor`s of the shapes and dtypes of `inputs` (a tensor or a tuple)."""
+    return keras.tree.map_structure(
+        lambda t: keras.KerasTensor(tuple(t.shape), dtype=dtype_name(t)), inputs)
+
+
+def check_output_spec(layer, x):
+    """`compute_output_spec` (what a symbolic call and the models' builds rely on) gives the
+    shapes and dtypes of a real call, in both directions, log-det included."""
+    forward_outputs = layer(x)[0]
+    for inverse, inputs in ((False, x), (True, forward_outputs)):
+        spec = layer.compute_output_spec(symbolic(inputs), inverse=inverse)
+        real = layer(inputs, inverse=inverse)
+        spec_parts, real_parts = keras.tree.flatten(spec), keras.tree.flatten(real)
+        assert len(spec_parts) == len(real_parts), (inverse, spec, real)
+        for want, got in zip(spec_parts, real_parts):
+            assert tuple(want.shape) == tuple(got.shape), (inverse, want.shape, got.shape)
+            assert dtype_name(want) == dtype_name(got), (inverse, want.dtype, got.dtype)
+
+
+def check_weights_created_in_build(make_layer, x):
+    """`build` creates every weight (the count Keras's `run_layer_test` checks): calling the
+    built layer, in both directions, adds none, and a clone from its config has as many."""
+    layer = make_layer()
+    if not layer.built:
+        layer.build(x.shape)
+    counts = (len(layer.trainable_weights), len(layer.non_trainable_weights))
+    y, _ = layer(x)
+    layer(y, inverse=True)
+    assert (len(layer.trainable_weights), len(layer.non_trainable_weights)) == counts
+    clone = serialize_round_trip(layer, x.shape)
+    assert (len(clone.trainable_weights), len(clone.non_trainable_weights)) == counts
+
+
 def run_flow_checks(make_layer, shape, tmp_path, perturb_scale=0.3, seed=0, atol=1e-5,
                     tiny_shape=(2, 4, 4, 4), make_inputs=random_images):
     """Every check of the layer contract, for a layer factory `make_layer(**kwargs)`.
@@ -179,6 +214,8 @@ def run_flow_checks(make_layer, shape, tmp_path, perturb_scale=0.3, seed=0, atol
     check_round_trip(layer, x, atol=atol)
     check_serialization(layer, x, tmp_path)
     check_rejects_other_channels(layer, x)
+    check_output_spec(layer, x)
+    check_weights_created_in_build(make_layer, x)
     tiny = make_layer()
     xt = make_inputs(tiny_shape, seed + 1)
     tiny(xt)
