@@ -203,7 +203,9 @@ class ZeroConv2D(EdgePaddedConv2D):
 
     `W`, `b` and `logs` start at zero, so the layer outputs zeros until trained: the couplings
     it ends start as the identity (additive) or a fixed contraction (affine), and the priors it
-    feeds start as N(0, I).
+    feeds start as N(0, I). It is an `EdgePaddedConv2D` whose bias and initialisers are fixed
+    (`FIXED`): other values raise instead of being dropped. (A subclass, not a wrapper, so the
+    weights keep their paths in `.keras` files.)
 
     Example:
         >>> x = np.ones((2, 8, 8, 3), "float32")
@@ -213,13 +215,20 @@ class ZeroConv2D(EdgePaddedConv2D):
     Reference: Kingma & Dhariwal, "Glow", arXiv:1807.03039, section 3.3; openai/glow `conv2d_zeros`.
     """
 
+    FIXED = dict(use_bias=True, kernel_initializer="zeros", bias_initializer="zeros")
+
     def __init__(self, filters, kernel_size=3, edge_padding=True, log_scale_factor=3.0, **kwargs):
-        kwargs.pop("use_bias", None)
-        kwargs.pop("kernel_initializer", None)
-        kwargs.pop("bias_initializer", None)
-        super().__init__(filters, kernel_size=kernel_size, use_bias=True,
-                         edge_padding=edge_padding, kernel_initializer="zeros",
-                         bias_initializer="zeros", **kwargs)
+        for name, fixed in self.FIXED.items():  # configs of keras_flow 0.1.0 still carry them
+            given = kwargs.pop(name, fixed)
+            same = given == fixed if name == "use_bias" else (
+                keras.initializers.serialize(keras.initializers.get(given))
+                == keras.initializers.serialize(keras.initializers.get(fixed)))
+            if not same:
+                raise ValueError(f"ZeroConv2D fixes {name}={fixed!r} (a zero-initialised, "
+                                 f"biased convolution); got {given!r}. Use EdgePaddedConv2D "
+                                 "for another convolution.")
+        super().__init__(filters, kernel_size=kernel_size, edge_padding=edge_padding,
+                         **self.FIXED, **kwargs)
         self.log_scale_factor = float(log_scale_factor)
 
     def build(self, input_shape):
@@ -233,7 +242,8 @@ class ZeroConv2D(EdgePaddedConv2D):
         return super().call(inputs, output_scale=scale, shared=shared)
 
     def get_config(self):
-        config = super().get_config()
+        config = {key: value for key, value in super().get_config().items()
+                  if key not in self.FIXED}
         config.update(log_scale_factor=self.log_scale_factor)
         return config
 

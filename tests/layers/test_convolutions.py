@@ -86,3 +86,16 @@ def test_zero_conv_starts_at_zero_and_scales_by_exp_factor_logs(factor):
     expected = base * np.exp((3.0 if factor is None else factor) * logs)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected, rtol=1e-5,
                                atol=1e-6)
+
+
+def test_zero_conv_refuses_other_fixed_settings_but_loads_old_configs():
+    with pytest.raises(ValueError, match="ZeroConv2D fixes kernel_initializer"):
+        ZeroConv2D(4, kernel_initializer="glorot_uniform")
+    with pytest.raises(ValueError, match="ZeroConv2D fixes use_bias"):
+        ZeroConv2D(4, use_bias=False)
+    layer = ZeroConv2D(4, log_scale_factor=2.0)
+    assert not set(ZeroConv2D.FIXED) & set(layer.get_config())
+    old_config = {**layer.get_config(), "use_bias": True,  # as keras_flow 0.1.0 saved it
+                  "kernel_initializer": keras.initializers.serialize(keras.initializers.Zeros()),
+                  "bias_initializer": keras.initializers.serialize(keras.initializers.Zeros())}
+    assert ZeroConv2D.from_config(old_config).log_scale_factor == 2.0

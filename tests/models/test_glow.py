@@ -250,3 +250,25 @@ def test_concrete_bits_per_dim_takes_any_batch_and_follows_the_weights():
     after = to_numpy(bits_per_dim(x))
     assert np.max(np.abs(after - before)) > 1e-3
     np.testing.assert_allclose(after, to_numpy(model.bits_per_dim(x)), rtol=1e-5)
+
+
+def test_a_file_saved_by_0_1_0_loads_with_its_outputs():
+    """`glow_0.1.0.keras` was written by keras_flow 0.1.0 (commit 35690c7: a perturbed
+    class-conditional 8x8x1 Glow with a classifier, saved before the core redesign moved class
+    conditioning into Glow and the kernels behind keras_flow.kernels), with its outputs in the
+    `.npz`: it loads and gives the same bits/dim, latents and log-dets."""
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data"
+    model = keras.saving.load_model(data / "glow_0.1.0.keras")
+    expected = np.load(data / "glow_0.1.0.npz")
+    x, labels = expected["x"], expected["labels"]
+    assert (model.num_classes, model.classifier_weight) == (3, 0.5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model.bits_per_dim(x, labels)),
+                               expected["bits"], rtol=1e-6)
+    eps_list, log_det = model.encode(x, labels)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(log_det), expected["log_det"],
+                               rtol=1e-6, atol=1e-4)
+    for index, eps in enumerate(eps_list):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(eps), expected[f"eps{index}"],
+                                   rtol=1e-5, atol=1e-5)
