@@ -154,6 +154,22 @@ class Reference:
         return Path(path)
 
 
+def detection_table(reference, in_distribution, out_of_distribution, batch_sizes=(1, 10, 100),
+                    false_positive_rate=0.01, num_batches=1000, seed=0):
+    """The test's true- and false-positive rates at each batch size M (`detection_rate` on
+    `num_batches` random batches of M): rows `{"batch_size", "threshold",
+    "true_positive_rate", "false_positive_rate"}`, the first from the out-of-distribution
+    bits/dim, the second from held-out in-distribution bits/dim (not the reference's)."""
+    rows = []
+    for size in batch_sizes:
+        rates = [reference.detection_rate(bits, size, false_positive_rate, num_batches, seed)
+                 for bits in (out_of_distribution, in_distribution)]
+        rows.append(dict(batch_size=size,
+                         threshold=reference.threshold(size, false_positive_rate),
+                         true_positive_rate=rates[0], false_positive_rate=rates[1]))
+    return rows
+
+
 def load_reference(path):
     """The `Reference` in a run folder (its `typicality.json`) or in a JSON file.
 
