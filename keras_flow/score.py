@@ -195,11 +195,10 @@ def _progress(done, total):
 
 
 def _one_line(error):
-    """The informative line of an error (TensorFlow's start with "Graph execution error:")."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [
-        type(error).__name__]
-    line = next((line for line in lines if "assertion failed" in line), lines[0])
-    return " ".join(line.split())
+    """The informative line of an error (`keras_flow.sample`'s choice), whitespace collapsed."""
+    from keras_flow.sample import _one_line as informative_line
+
+    return " ".join(informative_line(error).split())
 
 
 if __name__ == "__main__":
