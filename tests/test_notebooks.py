@@ -70,8 +70,9 @@ def test_likelihood_notebook_runs_the_typicality_test_at_three_batch_sizes(tmp_p
     notebook = execute("likelihood.ipynb", tmp_path, monkeypatch)
     summary = json.loads(summary_path.read_text())
     assert summary["quick"] is True and summary["dataset"] == "digits"
-    assert [row["batch_size"] for row in summary["rows"]] == [1, 10, 100]
-    for row in summary["rows"]:
+    (rows,) = [found["rows"] for found in summary["ood"].values()]
+    assert [row["batch_size"] for row in rows] == [1, 10, 100]
+    for row in rows:
         assert 0 <= row["true_positive_rate"] <= 1 and 0 <= row["false_positive_rate"] <= 1
     text = "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                    for output in cell.outputs)
