@@ -126,6 +126,10 @@ def run(args):
                          f"scores {scorer.n_bits}-bit images; use the model's own run folder.")
     found = scoring.read_images(args.dataset, scorer.image_shape, args.split, args.image_size,
                                 args.fit, args.on_bad_file)
+    if scorer.num_classes and found.labels is None:
+        raise ValueError(
+            f"The model is class-conditional ({scorer.num_classes} classes) and {args.dataset!r} "
+            "has no labels; score a labelled source (folder: one sub-folder per class; npz: y).")
     columns = scoring.score_images(
         scorer, found.images, found.labels if scorer.num_classes else None, _progress)
     if reference is not None:
