@@ -8,10 +8,12 @@ images, float32 flat latents) whatever the model's dtype policy:
     encode(images)                          -> float32 [N, D]       bin-centre dequantisation
     decode(latents)                         -> uint8 [N, H, W, C]
     bits_per_dim(images)                    -> float32 [N]          bin-centre dequantisation
+    bits_per_dim_terms(images)              -> {level_1, ..., level_L, log_det, discretisation,
+                                                total}: float32 [N] each, adding up to total
     metadata()                              -> {image_shape, latent_dim, n_bits, num_classes}
 
 A class-conditional model (`num_classes > 0`) takes `labels`, int32 `[N]`, as the last input of
-sample, sample_seeded, encode, decode and bits_per_dim.
+sample, sample_seeded, encode, decode, bits_per_dim and bits_per_dim_terms.
 
 Mathematical details:
 
@@ -43,7 +45,8 @@ from keras_flow import preprocessing
 from keras_flow.models import objective
 from keras_flow.models.flow_model import FlowModel
 
-ENDPOINTS = ("sample", "sample_seeded", "encode", "decode", "bits_per_dim", "metadata")
+ENDPOINTS = ("sample", "sample_seeded", "encode", "decode", "bits_per_dim", "bits_per_dim_terms",
+             "metadata")
 
 
 def export(model, path, overwrite=False, dtype=None, verbose=False):
@@ -195,6 +198,8 @@ class FlowEndpoints:
             "encode": [tf.TensorSpec([None, None, None, None], tf.uint8, name="images")],
             "decode": [tf.TensorSpec([None, None], tf.float32, name="latents")],
             "bits_per_dim": [tf.TensorSpec([None, None, None, None], tf.uint8, name="images")],
+            "bits_per_dim_terms": [
+                tf.TensorSpec([None, None, None, None], tf.uint8, name="images")],
             "metadata": [],
         }[name]
         if self.num_classes and name != "metadata":
@@ -236,6 +241,14 @@ class FlowEndpoints:
                                              *_given(labels))
         # The objective on the flat latent (the same sum over dimensions).
         return self.model.bits_from_log_prob(objective.log_prob([latents], log_det))
+
+    def bits_per_dim_terms(self, images, labels=None):
+        latents, log_det = self.encode_graph(
+            self._preprocess(images, labels, "bits_per_dim_terms"), *_given(labels))
+        terms = objective.bits_per_dim_terms(
+            unflatten_latents(latents, self.latent_shapes), log_det, self.model.num_dims,
+            self.model.num_bins)
+        return {term_key(name): value for name, value in terms.items()}
 
     def metadata(self):
         return {"image_shape": tf.constant(self.image_shape, tf.int32),
@@ -282,6 +295,12 @@ class FlowEndpoints:
         return [tf.debugging.assert_equal(tf.size(labels), batch_size, message=message),
                 tf.debugging.assert_less(labels, self.num_classes, message=message),
                 tf.debugging.assert_non_negative(labels, message=message)]
+
+
+def term_key(name):
+    """`objective.bits_per_dim_terms`'s term name as an identifier ("level 1" -> "level_1",
+    "log-det" -> "log_det"): the key of the `bits_per_dim_terms` endpoint's output."""
+    return name.replace(" ", "_").replace("-", "_")
 
 
 def _given(labels):

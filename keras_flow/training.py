@@ -48,6 +48,7 @@ from keras_flow import cpu_threads
 from keras_flow import files
 from keras_flow import interrupts
 from keras_flow import numerics
+from keras_flow import typicality
 from keras_flow.models import GLOW_PRESETS
 from keras_flow.models import REALNVP_PRESETS
 from keras_flow.models import Glow
@@ -759,6 +760,8 @@ def finish(model, data, plan, fitted, state, seconds):
     flow_callbacks.write_sample_grids(model, out, config.temperatures, config.n_bits,
                                       config.num_samples, config.seed, prefix="samples_")
     export_path = export(model, out / "export")
+    # The in-distribution reference of `python -m keras_flow.score --reference` (issue #33).
+    typicality.save_reference(model, data, out)
     metrics.update(
         epochs=round(fitted.counter.step / plan.steps_per_epoch, 4),
         steps=fitted.counter.step,

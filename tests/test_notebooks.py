@@ -1,4 +1,4 @@
-"""Runs both notebooks top to bottom in their quick setting (KERAS_FLOW_QUICK=1)."""
+"""Runs the notebooks top to bottom in their quick setting (KERAS_FLOW_QUICK=1)."""
 
 import json
 import math
@@ -32,7 +32,7 @@ def execute(name, workdir, monkeypatch):
 
 
 def test_notebooks_are_committed_without_outputs():
-    for name in ("permutations.ipynb", "explore.ipynb"):
+    for name in ("permutations.ipynb", "explore.ipynb", "likelihood.ipynb"):
         notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
         for cell in notebook.cells:
             if cell.cell_type == "code":
@@ -62,3 +62,18 @@ def test_explore_notebook_runs(tmp_path, monkeypatch):
     text = "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                    for output in cell.outputs)
     assert "max |decode(encode(x)) - x|" in text
+
+
+def test_likelihood_notebook_runs_the_typicality_test_at_three_batch_sizes(tmp_path, monkeypatch):
+    summary_path = tmp_path / "summary.json"
+    monkeypatch.setenv("KERAS_FLOW_SUMMARY_JSON", str(summary_path))
+    notebook = execute("likelihood.ipynb", tmp_path, monkeypatch)
+    summary = json.loads(summary_path.read_text())
+    assert summary["quick"] is True and summary["dataset"] == "digits"
+    (rows,) = [found["rows"] for found in summary["ood"].values()]
+    assert [row["batch_size"] for row in rows] == [1, 10, 100]
+    for row in rows:
+        assert 0 <= row["true_positive_rate"] <= 1 and 0 <= row["false_positive_rate"] <= 1
+    text = "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                   for output in cell.outputs)
+    assert "strength 0 gives back the images" in text
