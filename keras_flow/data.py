@@ -172,13 +172,22 @@ class FlowData:
         Returns:
             uint8 NumPy array `[count, height, width, channels]`.
         """
+        return self.raw_examples(split, count)[0]
+
+    def raw_examples(self, split="test", count=None):
+        """`(images, labels)`: `raw_images(split, count)` and their int32 labels (None for a
+        source without labels), in the same order."""
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {_SPLITS}, received split={split!r}.")
         if split not in self._uint8:
             raise ValueError(f"{self.name!r} has no {split} split.")
         examples = self._uint8[split].take(-1 if count is None else count)
-        batches = [batch["image"] for batch in examples.batch(1024).as_numpy_iterator()]
-        return np.concatenate(batches) if batches else np.zeros((0, *self.image_shape), np.uint8)
+        batches = list(examples.batch(1024).as_numpy_iterator())
+        if not batches:
+            return np.zeros((0, *self.image_shape), np.uint8), None
+        labels = None if "label" not in batches[0] else np.concatenate(
+            [batch["label"] for batch in batches]).astype(np.int32)
+        return np.concatenate([batch["image"] for batch in batches]), labels
 
 
 def load(
@@ -648,8 +657,15 @@ def _array_pool(images, labels):
     return _Pool(tf.data.Dataset.from_tensor_slices(examples), len(images))
 
 
+def source_order(length):
+    """The fixed order in which an in-memory source of `length` examples (arrays, `npz:`,
+    `idx:`, `folder:`) is shuffled once before its split: position i holds example
+    `source_order(length)[i]`."""
+    return np.random.default_rng(_SPLIT_SEED).permutation(length)
+
+
 def _permuted(images, labels):
-    order = np.random.default_rng(_SPLIT_SEED).permutation(len(images))
+    order = source_order(len(images))
     return images[order], None if labels is None else labels[order]
 
 

@@ -103,7 +103,7 @@ def main(argv=None):
         loaded = tf.saved_model.load(args.export_dir)
         images = draw_samples(loaded, args.num, args.temperature, args.seed, args.label)
     except (ValueError, OSError, AttributeError, tf.errors.OpError) as error:
-        parser.error(_one_line(error))
+        parser.error(one_line(error))
     grid = make_grid(images, args.columns)
     parent = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(parent, exist_ok=True)
@@ -112,7 +112,7 @@ def main(argv=None):
     return 0
 
 
-def _one_line(error):
+def one_line(error):
     """The informative line of an error (TensorFlow's start with "Graph execution error:")."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [repr(error)]
     return next((line for line in lines if "assertion failed" in line), lines[0])

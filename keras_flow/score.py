@@ -23,6 +23,7 @@ import os
 import sys
 
 from keras_flow import files
+from keras_flow.sample import one_line
 
 PROG = "python -m keras_flow.score"
 
@@ -199,10 +200,8 @@ def _progress(done, total):
 
 
 def _one_line(error):
-    """The informative line of an error (`keras_flow.sample`'s choice), whitespace collapsed."""
-    from keras_flow.sample import _one_line as informative_line
-
-    return " ".join(informative_line(error).split())
+    """The informative line of an error (`keras_flow.sample.one_line`), whitespace collapsed."""
+    return " ".join(one_line(error).split())
 
 
 if __name__ == "__main__":

@@ -246,7 +246,7 @@ def read_images(dataset, image_shape, split="test", image_size=None, fit="pad",
               "all": ["train", "test"] if loaded.num_test else ["train"]}[split]
     images, labels, ids = [], [], {"split": [], "index": []}
     for name in splits:
-        part_images, part_labels = _split_examples(loaded, name)
+        part_images, part_labels = loaded.raw_examples(name)
         images.append(part_images)
         labels.append(part_labels)
         ids["split"] += [name] * len(part_images)
@@ -266,19 +266,6 @@ def _twos(side):
     return (side & -side).bit_length() - 1
 
 
-def _split_examples(loaded, split):
-    """`(uint8 images, int32 labels or None)` of a split, in `raw_images(split)`'s order."""
-    # FlowData keeps a split's uint8 examples, labels included, in `_uint8`; `raw_images`
-    # returns their images alone.
-    examples = loaded._uint8[split]  # noqa: SLF001 (keras_flow.data, the same package)
-    images, labels = [], []
-    for batch in examples.batch(4096).as_numpy_iterator():
-        images.append(batch["image"])
-        labels.append(batch.get("label"))
-    labels = None if labels[0] is None else np.concatenate(labels).astype(np.int32)
-    return np.concatenate(images), labels
-
-
 def _folder_files(dataset, loaded):
     """File names (relative to the folder) in `raw_images("train")`'s order for a `folder:`
     source with no unreadable files; None for other sources (or when files were skipped)."""
@@ -288,8 +275,7 @@ def _folder_files(dataset, loaded):
     files = sorted(f for f in root.rglob("*")
                    if f.suffix.lower() in flow_data.IMAGE_SUFFIXES and f.is_file())
     # keras_flow.data shuffles in-memory sources once, with its fixed seed: the same order.
-    order, _ = flow_data._permuted(np.arange(len(files)), None)  # noqa: SLF001
-    return [os.fspath(files[i].relative_to(root)) for i in order]
+    return [os.fspath(files[i].relative_to(root)) for i in flow_data.source_order(len(files))]
 
 
 def summary(columns):
