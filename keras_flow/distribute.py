@@ -284,3 +284,50 @@ def worker_folder(folder, strategy=None):
     if is_chief(strategy):
         return folder
     return folder.with_name(f"{folder.name}.worker-{strategy.cluster_resolver.task_id}")
+
+
+class BackupAndRestore(keras.callbacks.Callback):
+    """`keras.callbacks.BackupAndRestore` for several workers sharing one `backup_dir`.
+
+    Keras's callback has every process write the same files. Here every worker restores from
+    `backup_dir`, the chief saves there and the other workers save to (and, with
+    `delete_checkpoint`, delete) their `worker_folder(backup_dir)`. With one worker it is
+    Keras's callback. As Keras's, it resumes at the start of the epoch after the last save
+    (weights and optimizer state, step count included, come from that save), so with
+    `save_freq` in steps the rest of an interrupted epoch is repeated. `double_checkpoint=True`
+    makes a kill during a save fall back to the previous one. (train.py uses
+    `keras_flow.callbacks.Checkpoint` instead, which resumes mid-epoch: docs/training.md.)
+
+    Args:
+        backup_dir: folder shared by all workers (a shared file system across hosts).
+        **options: those of `keras.callbacks.BackupAndRestore` (`save_freq`,
+            `double_checkpoint`, `delete_checkpoint`).
+    """
+
+    def __init__(self, backup_dir, **options):
+        super().__init__()
+        self.backup_dir = str(backup_dir)
+        self.options = options
+        self.restorer = self.saver = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        folder = worker_folder(self.backup_dir, model.distribute_strategy)
+        self.restorer = keras.callbacks.BackupAndRestore(self.backup_dir, **self.options)
+        self.saver = self.restorer
+        if folder != Path(self.backup_dir):
+            self.saver = keras.callbacks.BackupAndRestore(str(folder), **self.options)
+        self.restorer.set_model(model)
+        self.saver.set_model(model)
+
+    def on_train_begin(self, logs=None):
+        self.restorer.on_train_begin(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.saver.on_epoch_end(epoch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.saver.on_train_batch_end(batch, logs)
+
+    def on_train_end(self, logs=None):
+        self.saver.on_train_end(logs)

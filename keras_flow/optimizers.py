@@ -5,6 +5,10 @@ variable with TensorFlow's fused training kernel (`ResourceApplyAdaMax` / `Resou
 one op per variable instead of about ten elementwise ops); the arithmetic is the same. All
 classes are registered serializable, so a compiled model saved with them reloads after
 `import keras_flow`.
+
+Also here: what training reads from an optimizer (`unwrapped`, `learning_rate_schedule_of`,
+`optimizer_steps`, `loss_scale`) and `build_optimizer` / `BuildOptimizer`, which create its
+variables before `fit` traces the training step.
 """
 
 import contextlib

@@ -153,8 +153,6 @@ def run_multi_worker(out, backup, epochs, stall_after):
     import keras
     import numpy as np
 
-    from keras_flow.callbacks import BackupAndRestore
-
     strategy = distribute.make_strategy("multi-worker")
     with strategy.scope():
         model = build_model()
@@ -163,7 +161,7 @@ def run_multi_worker(out, backup, epochs, stall_after):
         compile_sgd(model)
     seen = []
     callbacks = [
-        BackupAndRestore(backup, save_freq="epoch", double_checkpoint=True,
+        distribute.BackupAndRestore(backup, save_freq="epoch", double_checkpoint=True,
                                     delete_checkpoint=False),
         keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(epoch)),
     ]

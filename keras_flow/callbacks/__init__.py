@@ -2,9 +2,8 @@
 
 - the step count and the clock (`steps`): `StepCounter`, the one count of global training
   steps that the others read; `TimeLimit` (`--max-seconds`); `SpendBudget` (`--budget-decay`);
-- checkpoints (`checkpoints`): `Checkpoint` (the full training state every N steps),
-  `KeepBest` (the best weights by validation bits/dim), `BackupAndRestore` (Keras's
-  epoch-level one, for several workers sharing a folder);
+- checkpoints (`checkpoints`): `Checkpoint` (the full training state every N steps) and
+  `KeepBest` (the best weights by validation bits/dim);
 - non-finite values (`non_finite`, `diagnosis`): `NonFiniteGuard` stops at the first one,
   puts the last finite weights back and says where it appeared (`diagnose`);
 - evaluation (`evaluation`, `ema`): `HeldOutBitsPerDim`, with the optimizer's moving averages
@@ -22,7 +21,6 @@ from keras_flow.callbacks.artefacts import plot_bits_per_dim
 from keras_flow.callbacks.artefacts import write_sample_grids
 from keras_flow.callbacks.checkpoints import CHECKPOINT_PATTERN
 from keras_flow.callbacks.checkpoints import CHECKPOINT_STATE
-from keras_flow.callbacks.checkpoints import BackupAndRestore
 from keras_flow.callbacks.checkpoints import Checkpoint
 from keras_flow.callbacks.checkpoints import KeepBest
 from keras_flow.callbacks.diagnosis import Finding

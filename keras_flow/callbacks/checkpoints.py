@@ -1,13 +1,12 @@
-"""Checkpoints: the full training state every N steps (`Checkpoint`), the best weights by
-validation bits/dim (`KeepBest`), and Keras's epoch-level `BackupAndRestore` for several
-workers sharing one folder.
+"""Checkpoints: the full training state every N steps (`Checkpoint`) and the best weights by
+validation bits/dim (`KeepBest`).
 
-Two mechanisms, on purpose. `Checkpoint` is what train.py uses: it saves at any step, so a
-run resumes mid-epoch with the step count continuing, and it never keeps a checkpoint that a
-non-finite loss may have come from (`settle`). `BackupAndRestore` is for a plain `model.fit`
-under `tf.distribute`'s multi-worker strategy: Keras's own callback, which resumes at an epoch
-start, with each worker writing its own folder. Every file is written atomically
-(`keras_flow.files`), so a kill at any moment leaves whole files.
+`Checkpoint` is what train.py uses: it saves at any step, so a run resumes mid-epoch with the
+step count continuing, and it never keeps a checkpoint that a non-finite loss may have come
+from (`settle`). The other mechanism, `keras_flow.distribute.BackupAndRestore`, serves a plain
+`model.fit` under the multi-worker strategy: Keras's own callback, which resumes at an epoch
+start, with each worker writing its own folder (docs/training.md). Every file is written
+atomically (`keras_flow.files`), so a kill at any moment leaves whole files.
 """
 
 from pathlib import Path
@@ -211,51 +210,3 @@ class Checkpoint(keras.callbacks.Callback):
         build_optimizer(model)  # its variables must exist to receive the saved ones
         model.load_weights(Path(folder) / state["weights"])
         return state
-
-
-class BackupAndRestore(keras.callbacks.Callback):
-    """`keras.callbacks.BackupAndRestore` for several workers sharing one `backup_dir`.
-
-    Keras's callback has every process write the same files. Here every worker restores from
-    `backup_dir`, the chief saves there and the other workers save to (and, with
-    `delete_checkpoint`, delete) their `worker_folder(backup_dir)`. With one worker it is
-    Keras's callback. As Keras's, it resumes at the start of the epoch after the last save
-    (weights and optimizer state, step count included, come from that save), so with
-    `save_freq` in steps the rest of an interrupted epoch is repeated. `double_checkpoint=True`
-    makes a kill during a save fall back to the previous one.
-
-    Args:
-        backup_dir: folder shared by all workers (a shared file system across hosts).
-        **options: those of `keras.callbacks.BackupAndRestore` (`save_freq`,
-            `double_checkpoint`, `delete_checkpoint`).
-    """
-
-    def __init__(self, backup_dir, **options):
-        super().__init__()
-        self.backup_dir = str(backup_dir)
-        self.options = options
-        self.restorer = self.saver = None
-
-    def set_model(self, model):
-        super().set_model(model)
-        from keras_flow.distribute import worker_folder
-
-        folder = worker_folder(self.backup_dir, model.distribute_strategy)
-        self.restorer = keras.callbacks.BackupAndRestore(self.backup_dir, **self.options)
-        self.saver = self.restorer
-        if folder != Path(self.backup_dir):
-            self.saver = keras.callbacks.BackupAndRestore(str(folder), **self.options)
-        self.restorer.set_model(model)
-        self.saver.set_model(model)
-
-    def on_train_begin(self, logs=None):
-        self.restorer.on_train_begin(logs)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.saver.on_epoch_end(epoch, logs)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.saver.on_train_batch_end(batch, logs)
-
-    def on_train_end(self, logs=None):
-        self.saver.on_train_end(logs)

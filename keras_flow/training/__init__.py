@@ -34,7 +34,6 @@ Output folder (every file written atomically; TensorBoard event files are append
     metrics.json            final figures; written last, so it marks a finished run
 """
 
-
 import dataclasses
 import time
 
@@ -42,6 +41,9 @@ import keras
 
 from keras_flow import files
 from keras_flow import interrupts
+# The steps `train` runs, and the names train.py, the tests and the benchmarks import from
+# here. `train` looks up `make_callbacks` and `export` in this namespace, where
+# benchmarks/quick_start.py wraps them to time a run.
 from keras_flow.training.assembly import Plan
 from keras_flow.training.assembly import build_model
 from keras_flow.training.assembly import check_steps_per_execution
@@ -65,7 +67,7 @@ from keras_flow.training.finish import save_model
 from keras_flow.training.finish import use_final_weights
 from keras_flow.training.finish import write_metrics
 from keras_flow.training.loop import fit
-from keras_flow.training.loop import initial_step
+from keras_flow.training.loop import resume_step
 from keras_flow.training.loop import make_callbacks
 from keras_flow.training.loop import start_message
 from keras_flow.training.run_folder import check_output_folder
@@ -113,7 +115,7 @@ def train(config):
         files.write_json(run.out / "config.json", dataclasses.asdict(config))
         say(config, start_message(plan, run.state, runtime.strategy.num_replicas_in_sync))
         with interrupts.sigint_requests() as interrupt:
-            callbacks, fitted = make_callbacks(model, data, plan, initial_step(run.state),
+            callbacks, fitted = make_callbacks(model, data, plan, resume_step(run.state),
                                                interrupt)
             fit(model, data, plan, run.state, callbacks, fitted)
         seconds = time.monotonic() - started

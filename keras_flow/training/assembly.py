@@ -37,13 +37,15 @@ def squeezes(config):
 def load_data(config):
     """`keras_flow.data.load` of the dataset, batch size, bits and image size of `config`."""
     return flow_data.load(config.dataset, batch_size=config.batch_size, n_bits=config.n_bits,
-                     levels=squeezes(config), image_size=config.image_size, fit=config.fit,
-                     validation_fraction=config.validation_fraction,
-                     with_labels=config.conditional, seed=config.seed,
-                     on_bad_file=config.on_bad_file)
+                          levels=squeezes(config), image_size=config.image_size,
+                          fit=config.fit, validation_fraction=config.validation_fraction,
+                          with_labels=config.conditional, seed=config.seed,
+                          on_bad_file=config.on_bad_file)
 
 
 def make_plan(config, out, data):
+    """The `Plan` of `config` for `data`: one pass over the training split per epoch unless
+    `steps_per_epoch` says otherwise, and the warm-up in steps."""
     steps_per_epoch = config.steps_per_epoch or max(1, data.num_train // config.batch_size)
     return Plan(config, out, steps_per_epoch, parse_warmup(config.warmup, steps_per_epoch))
 
@@ -68,11 +70,13 @@ def build_model(config, data):
                 raise ValueError(f"conditional needs labels, and {config.dataset!r} has none.")
             options["num_classes"] = data.num_classes
     model = model_class(**{k: v for k, v in options.items() if v is not None})
-    distribute.reducible_step_logs(model)
+    distribute.reducible_step_logs(model)  # under several workers only
     return model
 
 
 def compile_model(model, plan):
+    """Compiles `model` with the optimizer of `plan` (`keras_flow.optimizers.make_optimizer`),
+    its XLA choice and steps per execution."""
     config = plan.config
     optimizer = make_optimizer(config.optimizer, config.lr, plan.warmup_steps,
                                plan.steps_per_epoch, config.clip_norm, config.ema,

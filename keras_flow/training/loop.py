@@ -24,7 +24,7 @@ class Fitted:
     seconds: float = 0.0
 
 
-def initial_step(state):
+def resume_step(state):
     """The global step a run starts from: the checkpoint's, or 0."""
     return 0 if state is None else state["step"]
 
@@ -104,7 +104,7 @@ def fit(model, data, plan, state, callbacks, fitted):
     first, in a `fit` call of its own. Returns `fitted` with the seconds it took."""
     if state is not None and state["finished"]:
         return fitted
-    epoch, batch = divmod(initial_step(state), plan.steps_per_epoch)
+    epoch, batch = divmod(resume_step(state), plan.steps_per_epoch)
     train = data.train.repeat()
     verbose = plan.config.verbose
     started = time.monotonic()
