@@ -16,6 +16,7 @@ another Keras warns once (`check_keras_version`).
 |                         | (`_m`, `_u`, `_momentums`, `_velocities`)                   |
 | `learning_rate_schedule`| `Optimizer._learning_rate` (the schedule object)           |
 | `ema_variables`         | `Optimizer._model_variables_moving_average`                |
+| `set_untracked`         | an attribute set past Keras's tracking (`obj.__dict__`)    |
 | `recording_calls`       | an instance-level `call` (`layer.__dict__["call"]`)        |
 | `wrap_step_functions`   | instance-level `train_step` / `test_step` of a model       |
 | `in_multi_worker_mode`  | `strategy.extended._in_multi_worker_mode()` (TensorFlow)   |
@@ -97,6 +98,12 @@ def learning_rate_schedule(optimizer):
     schedule = getattr(optimizer, "_learning_rate", None)
     return schedule if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule) \
         else None
+
+
+def set_untracked(obj, name, value):
+    """Sets `obj.<name> = value` past Keras's attribute tracking, which would wrap a dict in a
+    `TrackedDict` and track what it holds (for scratch state such as a per-step cache)."""
+    obj.__dict__[name] = value
 
 
 def ema_variables(optimizer):

@@ -45,16 +45,16 @@ class SharedStepScalars:
 
     def apply(self, grads, trainable_variables=None):
         # One cache per update of all variables; a plain attribute, not a tracked one.
-        self.__dict__["_step_scalar_cache"] = {}
+        compat.set_untracked(self, "_step_scalar_cache", {})
         try:
             return super().apply(grads, trainable_variables)
         finally:
-            self.__dict__["_step_scalar_cache"] = None
+            compat.set_untracked(self, "_step_scalar_cache", None)
 
     def step_scalars(self, learning_rate, dtype):
         """`make_step_scalars(learning_rate, dtype)`, made once per update of all variables
         (and afresh when `update_step` is called on its own)."""
-        cache = self.__dict__.get("_step_scalar_cache")
+        cache = getattr(self, "_step_scalar_cache", None)
         if cache is None:
             return self.make_step_scalars(learning_rate, dtype)
         if dtype not in cache:

@@ -68,6 +68,14 @@ def test_learning_rate_schedule_is_the_one_the_optimizer_was_built_with():
     assert compat.learning_rate_schedule(keras.optimizers.Adam(1e-3)) is None
 
 
+def test_set_untracked_keeps_a_plain_dict():
+    optimizer = keras.optimizers.Adam()
+    optimizer.tracked = {}
+    compat.set_untracked(optimizer, "scratch", {})
+    assert type(optimizer.tracked) is not dict  # what the shim avoids
+    assert type(optimizer.scratch) is dict
+
+
 def test_ema_variables_follow_the_optimizers_variables():
     variables = [keras.Variable(np.full((2,), 3.0, "float32")),
                  keras.Variable(np.zeros((1, 2), "float32"))]
