@@ -82,7 +82,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from keras_flow import training
     from keras_flow.interrupts import TrainingInterrupted
-    from keras_flow.numerics import NonFiniteLossError
+    from keras_flow.callbacks import NonFiniteLossError
 
     try:
         training.train(training.TrainConfig(**vars(args)))

@@ -106,7 +106,7 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from keras_flow import training
     from keras_flow.callbacks import SpendBudget
-    from keras_flow.callbacks import TimedEvaluation
+    from timed_evaluation import TimedEvaluation
 
     config = training.resolve_config(training.TrainConfig(
         dataset=f"idx:{args.data_dir}", preset="none", **W2, optimizer=args.optimizer,

@@ -1,5 +1,8 @@
 """Every image source -> one tf.data pipeline for the flows.
 
+One concept, read top to bottom (the sources, then the pipeline they share), so one module
+despite its length.
+
 Sources, named by one string (the same strings as the CLI flag `--dataset`):
 
 - `"digits"` (default): scikit-learn's bundled 8x8 handwritten digits (1,797

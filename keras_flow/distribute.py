@@ -23,9 +23,13 @@ for Adam/Adamax, with a warm-up at least as long in images).
 
 Actnorm's data-dependent initialisation must run once in the cross-replica context, inside
 `strategy.scope()` and outside the replicated step: its assignments then reach every replica
-(`FlowModel.initialize` raises inside a replica context, and `fit` under several replicas
-raises while an actnorm is uninitialised). Under `"multi-worker"` every worker must run it on
-the same batch (`keras_flow.data`'s `init_batch` is drawn with the run's seed, so it is).
+(`initialize(model, batch)` here raises inside a replica context, and `fit` with the
+`ActnormCheck` callback raises under several replicas while an actnorm is uninitialised;
+train.py uses both). Under `"multi-worker"` every worker must run it on the same batch
+(`keras_flow.data`'s `init_batch` is drawn with the run's seed, so it is).
+
+Under `"multi-worker"` Keras cannot reduce a model's scalar step logs
+(tensorflow/tensorflow#72388): call `reducible_step_logs(model)` once after building it.
 """
 
 import json
@@ -34,6 +38,8 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
+
+from keras_flow import compat
 
 STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
 
@@ -157,7 +163,7 @@ def _local_tpu_present():
     return bool(list(Path("/dev").glob("accel*")) or list(Path("/dev/vfio").glob("[0-9]*")))
 
 
-# --- contexts, used by FlowModel's guards ----------------------------------------------------
+# --- contexts, and the guards of a model trained under a strategy --------------------------
 
 def in_replica_context():
     """True inside a replicated function (`strategy.run`, a `fit` step) of a strategy."""
@@ -174,7 +180,7 @@ def in_multi_worker_mode(strategy=None):
     under which Keras reduces metrics across workers)."""
     strategy = strategy or tf.distribute.get_strategy()
     return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._in_multi_worker_mode())
+            and compat.in_multi_worker_mode(strategy))
 
 
 def any_worker(flag, strategy=None):
@@ -205,6 +211,55 @@ def reducible_logs(logs, strategy):
         return logs
     return tf.nest.map_structure(
         lambda value: tf.reshape(value, (1,)) if value.shape.rank == 0 else value, logs)
+
+
+def reducible_step_logs(model):
+    """Under several workers, makes `model`'s training and evaluation steps return
+    `reducible_logs` (`compat.wrap_step_functions`), so that `fit` and `evaluate` run there;
+    elsewhere it does nothing. Call it once, in the strategy's scope, after building the model."""
+    strategy = model.distribute_strategy
+    if in_multi_worker_mode(strategy):
+        compat.wrap_step_functions(model, lambda logs: reducible_logs(logs, strategy))
+
+
+def initialize(model, images, labels=None):
+    """`model.initialize(images, labels)` (actnorm's data-dependent initialisation), refused
+    in a replica context, where each replica would initialise from its own shard.
+
+    Raises:
+        RuntimeError: inside `strategy.run` or a training-step function.
+    """
+    if in_replica_context():
+        raise RuntimeError(
+            "model.initialize(batch) was called in a replica context (a strategy.run or "
+            "training-step function), where each replica would initialise actnorm from its "
+            "own shard and the replicas would diverge. Call model.initialize(batch) inside "
+            "strategy.scope(), not in a replica/step function.")
+    model.initialize(images, labels)
+
+
+def check_initialized_for_fit(model):
+    """Raises `RuntimeError` if `model` trains on several replicas and an actnorm is
+    uninitialised: under a strategy the data-dependent initialisation must run once, before
+    `fit`, in the cross-replica context."""
+    replicas = num_replicas(model.distribute_strategy)
+    if replicas < 2:
+        return
+    missing = model.uninitialized_actnorms()
+    if missing:
+        raise RuntimeError(
+            f"{len(missing)} actnorm layers are not initialised (e.g. {missing[0]!r}) and "
+            f"the model trains on {replicas} replicas. Call model.initialize(batch) inside "
+            "strategy.scope() before fit (once, not in a replica/step function), or restore "
+            "initialised weights.")
+
+
+class ActnormCheck(keras.callbacks.Callback):
+    """`check_initialized_for_fit` when `fit` starts. Put it last, so that its
+    `on_train_begin` runs after any restoring callback's."""
+
+    def on_train_begin(self, logs=None):
+        check_initialized_for_fit(self.model)
 
 
 # --- several workers and one checkpoint folder ---------------------------------------------
@@ -240,7 +295,8 @@ class BackupAndRestore(keras.callbacks.Callback):
     Keras's callback. As Keras's, it resumes at the start of the epoch after the last save
     (weights and optimizer state, step count included, come from that save), so with
     `save_freq` in steps the rest of an interrupted epoch is repeated. `double_checkpoint=True`
-    makes a kill during a save fall back to the previous one.
+    makes a kill during a save fall back to the previous one. (train.py uses
+    `keras_flow.callbacks.Checkpoint` instead, which resumes mid-epoch: docs/training.md.)
 
     Args:
         backup_dir: folder shared by all workers (a shared file system across hosts).

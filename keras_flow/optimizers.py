@@ -5,12 +5,19 @@ variable with TensorFlow's fused training kernel (`ResourceApplyAdaMax` / `Resou
 one op per variable instead of about ten elementwise ops); the arithmetic is the same. All
 classes are registered serializable, so a compiled model saved with them reloads after
 `import keras_flow`.
+
+Also here: what training reads from an optimizer (`unwrapped`, `learning_rate_schedule_of`,
+`optimizer_steps`, `loss_scale`) and `build_optimizer` / `BuildOptimizer`, which create its
+variables before `fit` traces the training step.
 """
 
+import contextlib
 import math
 
 import keras
 from keras import ops
+
+from keras_flow import compat
 
 OPTIMIZERS = ("adamax", "adam")
 
@@ -36,18 +43,18 @@ class SharedStepScalars:
     per step, not once per variable (for a Glow's hundreds of variables: thousands of ops
     fewer, and seconds less graph tracing)."""
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+    def apply(self, grads, trainable_variables=None):
         # One cache per update of all variables; a plain attribute, not a tracked one.
-        self.__dict__["_step_scalar_cache"] = {}
+        compat.set_untracked(self, "_step_scalar_cache", {})
         try:
-            super()._backend_update_step(grads, trainable_variables, learning_rate)
+            return super().apply(grads, trainable_variables)
         finally:
-            self.__dict__["_step_scalar_cache"] = None
+            compat.set_untracked(self, "_step_scalar_cache", None)
 
     def step_scalars(self, learning_rate, dtype):
         """`make_step_scalars(learning_rate, dtype)`, made once per update of all variables
         (and afresh when `update_step` is called on its own)."""
-        cache = self.__dict__.get("_step_scalar_cache")
+        cache = getattr(self, "_step_scalar_cache", None)
         if cache is None:
             return self.make_step_scalars(learning_rate, dtype)
         if dtype not in cache:
@@ -105,8 +112,7 @@ class GlowAdamax(SharedStepScalars, keras.optimizers.Adamax):
         gradient = ops.cast(gradient, variable.dtype)
         c = self.step_scalars(learning_rate, variable.dtype)
         lr = c["adamax_lr"]
-        index = self._get_variable_index(variable)
-        m, u = self._m[index], self._u[index]
+        m, u = compat.optimizer_slots(self, variable, "_m", "_u")
         if fused_kernel_applies(gradient, variable):
             import tensorflow as tf
             # var -= lr / (1 - beta_1^t) * m / (u + epsilon), after the same m and u updates.
@@ -141,10 +147,10 @@ class FusedAdam(SharedStepScalars, keras.optimizers.Adam):
             return super().update_step(gradient, variable, learning_rate)
         import tensorflow as tf
         c = self.step_scalars(learning_rate, variable.dtype)
-        index = self._get_variable_index(variable)
+        m, v = compat.optimizer_slots(self, variable, "_momentums", "_velocities")
         tf.raw_ops.ResourceApplyAdam(
-            var=variable.handle, m=optimizer_slot(self._momentums[index]).handle,
-            v=optimizer_slot(self._velocities[index]).handle, beta1_power=c["beta_1_power"],
+            var=variable.handle, m=optimizer_slot(m).handle,
+            v=optimizer_slot(v).handle, beta1_power=c["beta_1_power"],
             beta2_power=c["beta_2_power"], lr=c["lr"], beta1=c["beta_1"], beta2=c["beta_2"],
             epsilon=c["epsilon"], grad=ops.cast(gradient, variable.dtype))
 
@@ -212,9 +218,51 @@ def unwrapped(optimizer):
 def learning_rate_schedule_of(optimizer):
     """The `LearningRateSchedule` an optimizer (or the one a `LossScaleOptimizer` wraps) was
     built with, or None for a constant rate."""
-    schedule = getattr(unwrapped(optimizer), "_learning_rate", None)
-    return schedule if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule) \
-        else None
+    return compat.learning_rate_schedule(unwrapped(optimizer))
+
+
+def is_loss_scaled(optimizer):
+    """Whether `optimizer` is a `LossScaleOptimizer` (Keras wraps it so under mixed_float16)."""
+    return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def loss_scale(optimizer):
+    """The current dynamic loss scale of a `LossScaleOptimizer`, else None."""
+    if not is_loss_scaled(optimizer):
+        return None
+    return float(keras.ops.convert_to_numpy(optimizer.dynamic_scale))
+
+
+def optimizer_steps(optimizer):
+    """The optimizer's update count as an int (also for a `tf.distribute` mirrored variable)."""
+    return int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+
+def build_optimizer(model):
+    """Creates the compiled optimizer's variables now, eagerly, for a built model (no-op
+    otherwise, or if they exist).
+
+    Keras on TensorFlow without a distribution strategy defers them to the first trace of
+    the training step, which then traces the step twice and creates each of the ~2 variables
+    per weight through a lifted initialiser graph: W1's first `fit` step took 31 s that way
+    and 14 s with them built first (BENCHMARKS.md). Build them before `fit` (train.py does,
+    right after actnorm's initialisation, so that the moving averages of `ema` start from
+    the initialised weights), or pass the `BuildOptimizer` callback to `fit`.
+    """
+    optimizer = model.optimizer
+    if (optimizer is None or optimizer.built
+            or not all(layer.built for layer in compat.all_sublayers(model))):
+        return
+    strategy = getattr(model, "distribute_strategy", None)  # TensorFlow only
+    with (contextlib.nullcontext() if strategy is None else strategy.scope()):
+        optimizer.build(model.trainable_variables)
+
+
+class BuildOptimizer(keras.callbacks.Callback):
+    """`build_optimizer(model)` when `fit` starts, before the first trace of the step."""
+
+    def on_train_begin(self, logs=None):
+        build_optimizer(self.model)
 
 
 def glow_beta_2(steps_per_epoch):

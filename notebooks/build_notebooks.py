@@ -4,7 +4,7 @@
 
 The notebooks are generated so that their content is reviewed and diffed here, as plain text;
 they are written with outputs cleared. Edit this file, not the .ipynb files, and re-run it.
-Everything reusable lives in the library (`keras_flow.experiments`, `keras_flow.image_grid`).
+Everything reusable lives in the library (`keras_flow.notebook_helpers`, `keras_flow.image_grid`).
 """
 
 import textwrap
@@ -87,7 +87,7 @@ PERMUTATIONS = [
         import matplotlib.pyplot as plt
 
         import keras_flow
-        from keras_flow import experiments
+        from keras_flow import notebook_helpers
 
         QUICK = os.environ.get("KERAS_FLOW_QUICK") == "1"
         print(f"keras_flow {keras_flow.__version__}, {'quick' if QUICK else 'full'} setting")
@@ -117,12 +117,12 @@ PERMUTATIONS = [
     md("""
         ## Train the six variants
 
-        `experiments.train_variant` loads a fresh pipeline with the seed for each run (so all
+        `notebook_helpers.train_variant` loads a fresh pipeline with the seed for each run (so all
         six variants see the same batches with the same dequantisation noise), seeds the
         initial weights, initialises actnorm on the same images, trains with Adam (learning
         rate 1e-3) and evaluates the test split every `EVAL_EVERY` steps. The training clock
         excludes the first step (graph tracing) and the evaluations. Each variant is trained
-        once per seed in `SEEDS`; `experiments.mean_history` averages its runs.
+        once per seed in `SEEDS`; `notebook_helpers.mean_history` averages its runs.
         """),
     code("""
         models, runs = {}, {}  # models: the first seed's, for samples; runs: all histories
@@ -132,7 +132,7 @@ PERMUTATIONS = [
                 name = f"{permutation} / {coupling}"
                 config = dict(MODEL, permutation=permutation, coupling=coupling)
                 for seed in SEEDS:
-                    model, history = experiments.train_variant(
+                    model, history = notebook_helpers.train_variant(
                         config, DATA, STEPS, EVAL_EVERY, seed=seed, test_batches=TEST_BATCHES)
                     models.setdefault(name, model)
                     runs.setdefault(name, []).append(history)
@@ -140,7 +140,7 @@ PERMUTATIONS = [
                           f"bits/dim (best {history['best_test_bpd']:.3f}), "
                           f"{1000 * history['seconds_per_step']:.1f} ms/step, "
                           f"{history['params']:,} parameters")
-        histories = {name: experiments.mean_history(found) for name, found in runs.items()}
+        histories = {name: notebook_helpers.mean_history(found) for name, found in runs.items()}
         print(f"{sum(map(len, runs.values()))} runs in {time.perf_counter() - start:.0f} s")
         """),
     md("""
@@ -157,7 +157,7 @@ PERMUTATIONS = [
             subset = {name: h for name, h in histories.items() if name.endswith(coupling)}
             colors = {name: COLORS[name.split(" / ")[0]] for name in subset}
             for col, x in enumerate(("steps", "seconds")):
-                ax = experiments.plot_curves(subset, x=x, ax=axes[row, col], colors=colors)
+                ax = notebook_helpers.plot_curves(subset, x=x, ax=axes[row, col], colors=colors)
                 ax.set_title(f"{coupling} coupling, against {x}")
                 ax.legend(fontsize=8)
         # The first evaluation sits far above the rest: zoom on the later ones.
@@ -176,16 +176,16 @@ PERMUTATIONS = [
         (the models of the first seed).
         """),
     code("""
-        flow = keras_flow.data.load(**DATA, levels=experiments.data_levels(keras_flow.Glow,
+        flow = keras_flow.data.load(**DATA, levels=notebook_helpers.data_levels(keras_flow.Glow,
                                                                           MODEL["levels"]))
-        experiments.show_images(flow.raw_images("test", 16), title="real test images")
+        notebook_helpers.show_images(flow.raw_images("test", 16), title="real test images")
         plt.show()
 
         TEMPERATURE = 0.7
         fig, axes = plt.subplots(len(COUPLINGS), len(PERMUTATIONS), figsize=(12, 8.5))
         for ax, (name, model) in zip(axes.flat, models.items()):
             samples = model.sample(16, temperature=TEMPERATURE, seed=SEEDS[0])
-            experiments.show_images(samples, ax=ax, title=f"{name}, T = {TEMPERATURE}",
+            notebook_helpers.show_images(samples, ax=ax, title=f"{name}, T = {TEMPERATURE}",
                                     n_bits=DATA["n_bits"])
         fig.tight_layout()
         plt.show()
@@ -202,7 +202,7 @@ PERMUTATIONS = [
         also write the table and the curves as JSON.
         """),
     code("""
-        print(experiments.summary_table(histories))
+        print(notebook_helpers.summary_table(histories))
         print()
         for coupling in COUPLINGS:
             ranked = sorted((h["final_test_bpd"], name.split(" / ")[0])
@@ -214,8 +214,8 @@ PERMUTATIONS = [
             summary = dict(dataset=DATASET, seeds=SEEDS, model=MODEL, data=DATA, steps=STEPS,
                            eval_every=EVAL_EVERY, quick=QUICK,
                            seconds=time.perf_counter() - start,
-                           rows=experiments.summary_rows(histories), runs=runs,
-                           table=experiments.summary_table(histories))
+                           rows=notebook_helpers.summary_rows(histories), runs=runs,
+                           table=notebook_helpers.summary_table(histories))
             with open(summary_path, "w") as file:
                 json.dump(summary, file, indent=1)
             print(f"wrote {summary_path}")
@@ -270,7 +270,7 @@ EXPLORE = [
         from keras import ops
 
         import keras_flow
-        from keras_flow import experiments
+        from keras_flow import notebook_helpers
         from keras_flow.preprocessing import postprocess
 
         QUICK = os.environ.get("KERAS_FLOW_QUICK") == "1"
@@ -301,7 +301,7 @@ EXPLORE = [
             config = (dict(levels=2, depth=1, hidden_width=16) if QUICK
                       else dict(levels=2, depth=8, hidden_width=64))
             steps = 20 if QUICK else 600
-            model, history = experiments.train_variant(
+            model, history = notebook_helpers.train_variant(
                 config, dict(dataset=DATASET, batch_size=64), steps, eval_every=steps // 2,
                 seed=SEED)
             print(f"trained {steps} steps: test {history['final_test_bpd']:.3f} bits/dim")
@@ -309,7 +309,7 @@ EXPLORE = [
         N_BITS = int(round(math.log2(model.num_bins)))
         LABELLED = model.num_classes > 0
         data = keras_flow.data.load(**data_options, batch_size=64, n_bits=N_BITS,
-                                    levels=experiments.data_levels(type(model), model.levels),
+                                    levels=notebook_helpers.data_levels(type(model), model.levels),
                                     with_labels=LABELLED)
         batch = next(iter(data.test))
         images, labels = (batch["image"], batch["label"]) if LABELLED else (batch, None)
@@ -334,7 +334,7 @@ EXPLORE = [
         for ax, temperature in zip(axes, TEMPERATURES):
             samples = model.sample(16, temperature=temperature, seed=SEED,
                                    labels=None if sample_labels is None else sample_labels[:16])
-            experiments.show_images(samples, ax=ax, title=f"T = {temperature}", n_bits=N_BITS)
+            notebook_helpers.show_images(samples, ax=ax, title=f"T = {temperature}", n_bits=N_BITS)
         fig.tight_layout()
         plt.show()
         """),
@@ -348,7 +348,7 @@ EXPLORE = [
 
         def show_samples(temperature=0.7, seed=SEED):
             samples = model.sample(36, temperature=temperature, seed=seed, labels=sample_labels)
-            experiments.show_images(samples, title=f"T = {temperature:.2f}, seed {seed}",
+            notebook_helpers.show_images(samples, title=f"T = {temperature:.2f}, seed {seed}",
                                     n_bits=N_BITS)
             plt.show()
 
@@ -375,8 +375,8 @@ EXPLORE = [
         print(f"max |decode(encode(x)) - x| = {error:.2e}; identical 8-bit pixels: {same:.2%}")
 
         fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
-        experiments.show_images(images[:16], ax=axes[0], title="test images", n_bits=N_BITS)
-        experiments.show_images(restored[:16], ax=axes[1], title="decode(encode(x))",
+        notebook_helpers.show_images(images[:16], ax=axes[0], title="test images", n_bits=N_BITS)
+        notebook_helpers.show_images(restored[:16], ax=axes[1], title="decode(encode(x))",
                                 n_bits=N_BITS)
         plt.show()
         """),
@@ -392,12 +392,12 @@ EXPLORE = [
         PAIRS, FRAMES = 4, 8
         starts = [eps[0:2 * PAIRS:2] for eps in eps_list]
         ends = [eps[1:2 * PAIRS:2] for eps in eps_list]
-        path = experiments.interpolate_latents(starts, ends, FRAMES)
+        path = notebook_helpers.interpolate_latents(starts, ends, FRAMES)
         # A class-conditional model decodes every frame with the first image's label.
         path_labels = (None if labels is None
                        else np.repeat(np.asarray(labels[0:2 * PAIRS:2]), FRAMES))
         frames = model.decode(path, path_labels)
-        experiments.show_images(frames, columns=FRAMES, title="latent interpolation",
+        notebook_helpers.show_images(frames, columns=FRAMES, title="latent interpolation",
                                 n_bits=N_BITS)
         plt.show()
         """),
@@ -422,7 +422,7 @@ EXPLORE = [
           turns a density on `[-0.5, 0.5)` into a probability of the discrete pixel values.
         """),
     code("""
-        terms = experiments.bits_per_dim_breakdown(model, images, labels)
+        terms = notebook_helpers.bits_per_dim_breakdown(model, images, labels)
         level_dims = [math.prod(shape) for shape in model.latent_shapes]
         print(f"{'term':16s}{'bits/dim':>10s}{'latent dims':>13s}{'bits per latent dim':>21s}")
         for (name, value), dims in zip(terms.items(), level_dims + [None] * 3):
@@ -485,7 +485,7 @@ LIKELIHOOD = [
 
         import keras_flow
         from keras_flow import attributes
-        from keras_flow import experiments
+        from keras_flow import notebook_helpers
         from keras_flow import preprocessing
         from keras_flow import scoring
         from keras_flow import typicality
@@ -548,7 +548,7 @@ LIKELIHOOD = [
             scorer = scoring.load_scorer(RUN)  # the run's model.keras
             reference = typicality.load_reference(RUN)
         else:
-            model, history = experiments.train_variant(
+            model, history = notebook_helpers.train_variant(
                 MODEL, dict(dataset=DATASET, batch_size=64), STEPS, eval_every=STEPS // 2,
                 test_batches=4)
             print(f"trained {STEPS} steps: test {history['final_test_bpd']:.3f} bits/dim")
@@ -603,7 +603,7 @@ LIKELIHOOD = [
         axes[0].legend(fontsize=8)
         for ax, (name, images) in zip(axes[1:], OOD.items()):
             order = np.argsort(ood_bits[name])
-            experiments.show_images(images[order[:9]], ax=ax, columns=3,
+            notebook_helpers.show_images(images[order[:9]], ax=ax, columns=3,
                                     title=f"{name}: most likely")
         fig.tight_layout()
         plt.show()
@@ -687,7 +687,7 @@ LIKELIHOOD = [
         for ax, levels in zip(axes, attributes.LEVELS):
             grid = attributes.manipulation_grid(model, sources, direction, STRENGTHS,
                                                 levels=levels)
-            experiments.show_images(grid, ax=ax, columns=len(STRENGTHS),
+            notebook_helpers.show_images(grid, ax=ax, columns=len(STRENGTHS),
                                     title=f"{CLASSES[SOURCE]} → {CLASSES[TARGET]}, levels="
                                           f"{levels!r}: strength {STRENGTHS[0]} .. "
                                           f"{STRENGTHS[-1]}")

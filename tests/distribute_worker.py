@@ -56,7 +56,7 @@ def one_batch_dataset():
 def train(model, steps):
     """`steps` optimizer steps, one per epoch; returns the loss Keras reports for each."""
     history = model.fit(one_batch_dataset(), epochs=steps, steps_per_epoch=1, verbose=0,
-                        shuffle=False)
+                        shuffle=False, callbacks=[distribute.ActnormCheck()])
     return history.history["loss"]
 
 
@@ -123,7 +123,8 @@ def run_mirrored(out):
         init_replica_spread=init_spread,
         init_vs_single=init_difference,
         initialize_error=expect_error(
-            lambda: strategy.run(lambda: unready.initialize(x_init)), "replica context"),
+            lambda: strategy.run(lambda: distribute.initialize(unready, x_init)),
+            "replica context"),
         fit_error=expect_error(lambda: train(unready, 1), "not initialised"),
         single_losses=train(single, 3),
         mirrored_losses=train(mirrored, 3),
@@ -155,6 +156,7 @@ def run_multi_worker(out, backup, epochs, stall_after):
     strategy = distribute.make_strategy("multi-worker")
     with strategy.scope():
         model = build_model()
+        distribute.reducible_step_logs(model)
         model.initialize(images(16, seed=0))
         compile_sgd(model)
     seen = []

@@ -3,6 +3,7 @@ import warnings
 import pytest
 
 from keras_flow import cpu_features
+from keras_flow import cpu_threads
 from keras_flow import training
 
 X86 = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu sse2 avx2 avx512f {extra}\n"
@@ -48,7 +49,7 @@ def test_no_cpuinfo_means_unknown_and_no_warning(tmp_path):
 def test_training_warns_about_emulated_bfloat16(tmp_path, monkeypatch, extra, precision,
                                                 strategy, warns):
     monkeypatch.setattr(cpu_features, "CPUINFO", cpuinfo(tmp_path, X86.format(extra=extra)))
-    monkeypatch.setattr(training.cpu_threads, "has_gpu", lambda: False)
+    monkeypatch.setattr(cpu_threads, "has_gpu", lambda: False)
     config = training.TrainConfig(mixed_precision=precision, strategy=strategy)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -6,6 +6,7 @@ Bad inputs are checked twice, through the CLI (`train.py`'s `main` in this proce
 exception type and message). Argument errors stop before any data is loaded or model built.
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -25,8 +26,9 @@ from keras_flow import callbacks as flow_callbacks
 from keras_flow import RealNVP
 from keras_flow import data
 from keras_flow import files
-from keras_flow import numerics
 from keras_flow import training
+from keras_flow.optimizers import build_optimizer
+from keras_flow.optimizers import loss_scale
 from keras_flow.saved_model import FlowEndpoints
 from tests.flow_checks import preprocessed_images
 from tests.scripts import load_script
@@ -323,7 +325,7 @@ def test_output_folder_of_another_run_is_refused_naming_the_keys(tmp_path, capsy
     out = tmp_path / "run"
     saved = training.resolve_config(training.TrainConfig(out=str(out), lr=5e-4, depth=2,
                                                           n_bits=3))
-    files.write_json(out / "config.json", training.dataclasses.asdict(saved))
+    files.write_json(out / "config.json", dataclasses.asdict(saved))
     before = sorted(p.name for p in out.iterdir())
     code, err = _cli(["--out", str(out), "--depth", "3"], capsys)
     assert code == 2 and err.count("\n") == 1
@@ -372,7 +374,7 @@ def test_diagnose_names_a_non_finite_weight():
     model = _tiny_glow()
     weight = next(w for w in model.weights if w.path.endswith("coupling/network/conv_out/bias"))
     weight.assign(np.full(weight.shape, np.nan, "float32"))
-    finding = numerics.diagnose(model, preprocessed_images((4, 8, 8, 1)))
+    finding = flow_callbacks.diagnose(model, preprocessed_images((4, 8, 8, 1)))
     assert finding.where == weight.path and "NaN" in finding.text
 
 
@@ -380,7 +382,7 @@ def test_diagnose_names_the_first_non_finite_layer_output():
     model = _tiny_glow()
     actnorm = model.steps[0][0].flows[0]
     actnorm.log_scale.assign(np.full(actnorm.log_scale.shape, 40.0, "float32"))  # exp(120)
-    finding = numerics.diagnose(model, preprocessed_images((4, 8, 8, 1)))
+    finding = flow_callbacks.diagnose(model, preprocessed_images((4, 8, 8, 1)))
     assert finding.where == actnorm.path and "inf" in finding.text
 
 
@@ -389,8 +391,8 @@ def test_guard_stops_a_diverging_fit_naming_the_step_and_the_layer():
     model = _tiny_glow()
     model.compile(optimizer=keras.optimizers.Adam(1e4))
     batches = _Batches()
-    guard = numerics.NonFiniteGuard(batches.dataset)
-    with pytest.raises(numerics.NonFiniteLossError) as error_info:
+    guard = flow_callbacks.NonFiniteGuard(batches.dataset)
+    with pytest.raises(flow_callbacks.NonFiniteLossError) as error_info:
         model.fit(batches.dataset, steps_per_epoch=20, epochs=2, callbacks=[guard], verbose=0,
                   shuffle=False)
     error = error_info.value
@@ -400,7 +402,7 @@ def test_guard_stops_a_diverging_fit_naming_the_step_and_the_layer():
     for keyword in ("at training step 2", error.where, "weights after step 1", "warm-up",
                     "lower learning rate", "clipping", "n_bits"):
         assert keyword in message, message
-    assert numerics.all_finite(model.weights)  # the last finite weights are back
+    assert flow_callbacks.all_finite(model.weights)  # the last finite weights are back
 
 
 def test_guard_checks_a_call_of_several_steps_and_names_them():
@@ -411,15 +413,15 @@ def test_guard_checks_a_call_of_several_steps_and_names_them():
     model = _tiny_glow()
     model.compile(optimizer=keras.optimizers.Adam(1e4), steps_per_execution=4)
     counter = flow_callbacks.StepCounter()
-    guard = numerics.NonFiniteGuard(_Batches().dataset, counter)
-    with pytest.raises(numerics.NonFiniteLossError) as error_info:
+    guard = flow_callbacks.NonFiniteGuard(_Batches().dataset, counter)
+    with pytest.raises(flow_callbacks.NonFiniteLossError) as error_info:
         model.fit(_Batches().dataset, steps_per_epoch=20, epochs=2, callbacks=[counter, guard],
                   verbose=0, shuffle=False)
     error = error_info.value
     assert error.step == counter.step == 4
     message = str(error)
     assert "in training steps 1-4" in message and "weights after step 0" in message, message
-    assert numerics.all_finite(model.weights)
+    assert flow_callbacks.all_finite(model.weights)
 
 
 def test_guard_catches_non_finite_weights_with_a_finite_loss():
@@ -434,13 +436,13 @@ def test_guard_catches_non_finite_weights_with_a_finite_loss():
     model = _tiny_glow()
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     batches = _Batches()
-    guard = numerics.NonFiniteGuard(batches.dataset)
-    with pytest.raises(numerics.NonFiniteLossError, match="Non-finite weights after training "
+    guard = flow_callbacks.NonFiniteGuard(batches.dataset)
+    with pytest.raises(flow_callbacks.NonFiniteLossError, match="Non-finite weights after training "
                                                           "step 3") as error_info:
         model.fit(batches.dataset, steps_per_epoch=10, callbacks=[PoisonAfterStep3(), guard],
                   verbose=0, shuffle=False)
     assert error_info.value.step == 3 and "weights after step 2" in str(error_info.value)
-    assert numerics.all_finite(model.weights)
+    assert flow_callbacks.all_finite(model.weights)
 
 
 def test_fp16_loss_scaling_skips_are_counted_not_fatal():
@@ -450,12 +452,12 @@ def test_fp16_loss_scaling_skips_are_counted_not_fatal():
                                                     initial_scale=2.0 ** 100)
     model.compile(optimizer=optimizer)
     batches = _Batches()
-    guard = numerics.NonFiniteGuard(batches.dataset)
+    guard = flow_callbacks.NonFiniteGuard(batches.dataset)
     history = model.fit(batches.dataset, steps_per_epoch=6, callbacks=[guard], verbose=0,
                   shuffle=False)
     assert guard.skipped_steps >= 1 and history.history["skipped_steps"] == [guard.skipped_steps]
     assert int(model.optimizer.iterations) == 6 - guard.skipped_steps
-    assert numerics.loss_scale(model.optimizer) < 2.0 ** 100
+    assert loss_scale(model.optimizer) < 2.0 ** 100
 
 
 def test_sampling_stays_finite_when_the_affine_scale_vanishes():
@@ -475,7 +477,7 @@ def test_sampling_stays_finite_when_the_affine_scale_vanishes():
 def _compiled_tiny_glow():
     model = _tiny_glow()
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    model.build_optimizer()
+    build_optimizer(model)
     return model
 
 

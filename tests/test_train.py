@@ -18,7 +18,7 @@ import tensorflow as tf
 from keras_flow import callbacks as flow_callbacks
 from keras_flow import optimizers
 from keras_flow import training
-from keras_flow.callbacks import TimedEvaluation
+from keras_flow.training.assembly import Plan
 from keras_flow.optimizers import FusedAdam
 from keras_flow.optimizers import GlowAdamax
 from keras_flow.optimizers import LinearWarmup
@@ -144,6 +144,57 @@ def test_beta_2_overrides_the_optimizers_default(name, steps_per_epoch, beta_2, 
     assert optimizer.beta_2 == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamax"])
+def test_fit_builds_the_optimizer_first_and_traces_the_step_once(optimizer):
+    """Keras (TensorFlow, no strategy) would create the optimizer's variables inside the first
+    trace, and so trace the training step twice; the `BuildOptimizer` callback builds them
+    first, over every trainable weight, and the step is traced once."""
+    from keras_flow.models.glow import Glow
+    from keras_flow.optimizers import BuildOptimizer
+    from tests.models.model_checks import perturbed_model
+    from tests.flow_checks import preprocessed_images
+
+    model = perturbed_model(lambda: Glow(levels=2, depth=2, hidden_width=8,
+                                         image_shape=(4, 4, 1)), (16, 4, 4, 1), scale=0.05)
+    model.compile(optimizer=make_optimizer(optimizer, 1e-3))
+    assert not model.optimizer.built
+    traces = []
+    train_step = model.train_step
+    model.train_step = lambda *args: traces.append(1) or train_step(*args)
+    x = preprocessed_images((16, 4, 4, 1), seed=4)
+    model.fit(x, batch_size=8, epochs=2, verbose=0, callbacks=[BuildOptimizer()])
+    assert model.optimizer.built and len(traces) == 1
+    assert model.optimizer.iterations.numpy() == 4
+
+
+def test_keep_training_weights_undoes_fits_copy_of_the_averages():
+    """`fit` ends by copying the EMA averages into the model; with `KeepTrainingWeights` the
+    training weights stay, and the averages are still the optimizer's."""
+    from keras_flow import Glow
+    from keras_flow.callbacks import KeepTrainingWeights
+    from keras_flow.callbacks import ema_weights
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 16, size=(16, 4, 4, 1)) / 16.0 - 0.5).astype("float32")
+    ends = {}
+    for keep in (False, True):
+        keras.utils.set_random_seed(0)
+        model = Glow(levels=1, depth=1, hidden_width=4, num_bins=16, image_shape=(4, 4, 1))
+        model.initialize(x)
+        model.compile(optimizer=make_optimizer("adam", 1e-2, ema=0.5))
+        last = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ends.update(
+            {keep: [w.numpy() for w in model.trainable_variables]}))
+        model.fit(x, batch_size=8, epochs=2, verbose=0, shuffle=False,
+                  callbacks=[KeepTrainingWeights()] * keep + [last])
+        weights = [w.numpy() for w in model.trainable_variables]
+        with ema_weights(model):
+            averages = [w.numpy() for w in model.trainable_variables]
+        moved = max(float(np.abs(a - b).max()) for a, b in zip(weights, ends[keep]))
+        if keep:
+            assert moved == 0.0
+        else:
+            assert moved > 0 and all(np.array_equal(a, b) for a, b in zip(weights, averages))
+
+
 def test_budget_decay_follows_the_clock_and_reaches_zero_when_time_is_up():
     """`BudgetCosineDecay` + `SpendBudget`: the traced training step reads the share of the
     budget that the callback sets, and a spent budget means a learning rate of 0."""
@@ -182,58 +233,6 @@ def test_budget_decay_follows_the_clock_and_reaches_zero_when_time_is_up():
     constant.set_model(types.SimpleNamespace(optimizer=make_optimizer("adam", 1e-3)))
     with pytest.raises(ValueError, match="budget_decay=True"):
         constant.on_train_begin()
-
-
-def test_timed_evaluation_at_step_points_then_stops():
-    """The benchmarks' evaluation callback: one report per point, training stops after the last,
-    and the evaluations leave the training metrics alone (a twin run without them logs the
-    same running means, and the reported windows are the means of its batches)."""
-    import tensorflow as tf
-    from keras_flow import Glow
-    rng = np.random.default_rng(0)
-    x = (rng.integers(0, 16, size=(32, 4, 4, 1)) / 16.0 - 0.5).astype("float32")
-    images = tf.data.Dataset.from_tensor_slices(x)
-
-    def fitted(callbacks, steps):
-        keras.utils.set_random_seed(0)
-        model = Glow(levels=1, depth=1, hidden_width=4, num_bins=16, image_shape=(4, 4, 1))
-        model.initialize(x)
-        model.compile(optimizer=make_optimizer("adam", 1e-3))
-        model.fit(images.batch(8).repeat(), epochs=1, steps_per_epoch=steps,
-                  callbacks=callbacks, verbose=0, shuffle=False)
-
-    reports = []
-    timed = TimedEvaluation(images.batch(16), (2, 5), reports.append, unit="steps")
-    fitted([timed], 50)
-    assert [r["steps"] for r in reports] == [2, 5] and timed.steps == 5
-    assert all(np.isfinite(r["test_bits_per_dim"]) and r["training_seconds"] > 0
-               for r in reports)
-    running = []
-    fitted([keras.callbacks.LambdaCallback(
-        on_train_batch_end=lambda batch, logs: running.append(float(logs["bits_per_dim"])))], 5)
-    batches = [(n + 1) * m - n * (running[n - 1] if n else 0.0) for n, m in enumerate(running)]
-    assert reports[1]["train_bits_per_dim"] == pytest.approx(running[4], abs=1e-4)
-    assert [r["window_train_bits_per_dim"] for r in reports] == pytest.approx(
-        [np.mean(batches[:2]), np.mean(batches[2:])], abs=1e-3)
-    with pytest.raises(ValueError, match="unit"):
-        TimedEvaluation(None, (1,), print, unit="epochs")
-
-
-def test_timed_evaluation_recovers_the_steps_from_the_running_means():
-    """From the running means Keras logs: each batch's bits/dim, or the sum over the steps of
-    one call of several (Keras's steps_per_execution; the callback then has the last step's
-    index), and the step count."""
-    timed = TimedEvaluation(None, (10,), print, unit="steps")
-    batches = [5.0, 3.0, 4.0, 2.0, 6.0, 1.0]
-    # epoch 1: steps 1-3 one by one; epoch 2 (a new running mean): a call of 2, then of 1
-    for epoch, ends in enumerate(([1, 2, 3], [2, 3])):
-        timed.on_epoch_begin(epoch)
-        epoch_batches = batches[3 * epoch:3 * epoch + 3]
-        for n in ends:
-            timed.on_train_batch_end(n - 1, {"bits_per_dim": np.mean(epoch_batches[:n])})
-    assert timed.steps == 6
-    np.testing.assert_allclose(timed._window, [(1, 5.0), (1, 3.0), (1, 4.0), (2, 8.0),
-                                               (1, 1.0)])
 
 
 # --- configuration -------------------------------------------------------------------------
@@ -396,10 +395,10 @@ def test_counter_and_checkpoints_follow_calls_of_several_steps(monkeypatch):
 
 def test_steps_per_execution_must_divide_every_fit_call():
     config = training.resolve_config(training.TrainConfig(steps_per_execution=8))
-    plan = training._Plan(config, Path("unused"), steps_per_epoch=100, warmup_steps=0)
+    plan = Plan(config, Path("unused"), steps_per_epoch=100, warmup_steps=0)
     with pytest.raises(ValueError, match=r"divide the steps per epoch \(100\).*1, 2, 4, 5"):
         training.check_steps_per_execution(plan, None)
-    plan = training._Plan(dataclasses.replace(config, steps_per_execution=4), Path("unused"),
+    plan = Plan(dataclasses.replace(config, steps_per_execution=4), Path("unused"),
                           steps_per_epoch=100, warmup_steps=0)
     training.check_steps_per_execution(plan, {"step": 208})  # 92 left in the epoch
     with pytest.raises(ValueError, match=r"resumes 37 steps into an epoch.*63 steps left"):
@@ -419,3 +418,16 @@ def test_cpu_devices_need_the_mirrored_strategy():
 
 # A run killed with SIGKILL, then Ctrl-C, resumes with the step count continuing:
 # tests/test_reliability.py::test_sigkill_then_ctrl_c_lose_at_most_the_steps_since_the_last_checkpoint
+
+
+def test_a_config_json_of_0_1_0_without_the_newer_options_still_resumes():
+    """A run folder written by keras_flow 0.1.0 has no `augment` in its config.json: it meant
+    no augmentation, so the same run resumes, and one that now asks for augmentation does not."""
+    from keras_flow.training.run_folder import _config_differences
+
+    config = training.resolve_config(training.TrainConfig(out="runs/x", epochs=1))
+    saved = {key: value for key, value in dataclasses.asdict(config).items() if key != "augment"}
+    saved["temperatures"] = list(saved["temperatures"])
+    assert config.augment == "none" and _config_differences(saved, config) == []
+    flipped = dataclasses.replace(config, augment="flip")
+    assert _config_differences(saved, flipped) == ["augment"]

@@ -1,6 +1,5 @@
 """What Glow and RealNVP share: the likelihood objective, `add_loss`, and the user-facing API."""
 
-import contextlib
 import math
 import numbers
 import warnings
@@ -31,16 +30,6 @@ def unpack_inputs(inputs):
 
 def image_input_shape(input_shape):
     return tuple(input_shape["image"]) if isinstance(input_shape, dict) else tuple(input_shape)
-
-
-def tf_distribute():
-    """`keras_flow.distribute` on the TensorFlow backend (the only one with `tf.distribute`),
-    else None; imported on first use, so the core runs without TensorFlow."""
-    if keras.backend.backend() != "tensorflow":
-        return None
-    from keras_flow import distribute
-
-    return distribute
 
 
 def is_positive_int(value):
@@ -93,14 +82,6 @@ def check_preprocessed(images, what="images"):
             "[-0.5, 0.5] (bits/dim assume it). Preprocess uint8 images with "
             "keras_flow.preprocessing.preprocess(images, n_bits) (keras_flow.data.load does "
             "it).", stacklevel=3)
-
-
-class ActnormCheck(keras.callbacks.Callback):
-    """Added by `FlowModel.fit` last, so its `on_train_begin` runs after any restoring
-    callback's: raises if the model trains on several replicas with an uninitialised actnorm."""
-
-    def on_train_begin(self, logs=None):
-        self.model.check_initialized_for_fit()
 
 
 class FlowModel(FloatFlowPath, keras.Model):
@@ -329,8 +310,9 @@ class FlowModel(FloatFlowPath, keras.Model):
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             **kwargs):
-        """`keras.Model.fit`; under a `tf.distribute` strategy with several replicas it first
-        checks that every actnorm is initialised (see `check_initialized_for_fit`)."""
+        """`keras.Model.fit`, after checking the batch size and NumPy inputs (shape, dtype,
+        labels, range). Under a `tf.distribute` strategy pass
+        `keras_flow.distribute.ActnormCheck()` among the callbacks."""
         if batch_size is not None and (not isinstance(batch_size, numbers.Integral)
                                        or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None; got {batch_size!r}.")
@@ -338,41 +320,7 @@ class FlowModel(FloatFlowPath, keras.Model):
             images, labels = unpack_inputs(x)
             self.check_inputs(images, labels)
             check_preprocessed(images, "training images")
-        if not isinstance(callbacks, keras.callbacks.CallbackList):
-            callbacks = list(callbacks or []) + [ActnormCheck()]
         return super().fit(x, y, batch_size, epochs, verbose, callbacks, **kwargs)
-
-    def make_train_function(self, force=False):
-        """Keras's, after `build_optimizer`: the compiled step then traces once."""
-        self.build_optimizer()
-        return super().make_train_function(force)
-
-    def build_optimizer(self):
-        """Creates the optimizer's variables now, eagerly, for a built model (no-op otherwise
-        or if they exist). Keras on TensorFlow without a distribution strategy defers them to
-        the first trace of the training step, which then traces the step twice and creates
-        each of the ~2 variables per weight through a lifted initialiser graph: W1's first
-        `fit` step took 31 s that way and 14 s with them built first (BENCHMARKS.md)."""
-        optimizer = self.optimizer
-        if (optimizer is None or optimizer.built
-                or not all(layer.built for layer in self._flatten_layers())):
-            return
-        scope = (contextlib.nullcontext() if tf_distribute() is None
-                 else self.distribute_strategy.scope())
-        with scope:
-            optimizer.build(self.trainable_variables)
-
-    def train_step(self, *args):
-        return self._step_logs(super().train_step(*args))
-
-    def test_step(self, *args):
-        return self._step_logs(super().test_step(*args))
-
-    def _step_logs(self, logs):
-        """On TensorFlow, `keras_flow.distribute.reducible_logs` (multi-worker `fit` fix)."""
-        distribute = tf_distribute()
-        return logs if distribute is None else distribute.reducible_logs(
-            logs, self.distribute_strategy)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         self.bits_per_dim_tracker.update_state(y_pred)
@@ -389,19 +337,13 @@ class FlowModel(FloatFlowPath, keras.Model):
         (RealNVP's batch-norm statistics included: for it this only builds the model).
         Call it once before `fit`, outside any compiled function;
         under a `tf.distribute` strategy call it inside `strategy.scope()` (not in a replica
-        context): the values are then the same on every replica.
+        context): the values are then the same on every replica
+        (`keras_flow.distribute.initialize` checks it).
 
         Args:
             images: `(batch_size, H, W, C)` preprocessed (dequantised) training images.
             labels: int `(batch_size,)` for a class-conditional model.
         """
-        distribute = tf_distribute()
-        if distribute is not None and distribute.in_replica_context():
-            raise RuntimeError(
-                "model.initialize(batch) was called in a replica context (a strategy.run or "
-                "training-step function), where each replica would initialise actnorm from its "
-                "own shard and the replicas would diverge. Call model.initialize(batch) inside "
-                "strategy.scope(), not in a replica/step function.")
         images = ops.convert_to_tensor(images)
         if not self.built:
             self.build(tuple(images.shape))
@@ -414,21 +356,6 @@ class FlowModel(FloatFlowPath, keras.Model):
         """Names of the actnorms not yet initialised from data (by `initialize` or a reload)."""
         return [layer.path for layer in self._flatten_layers()
                 if isinstance(layer, Actnorm) and layer.built and not layer.is_initialized]
-
-    def check_initialized_for_fit(self):
-        """Raises `RuntimeError` if the model trains on several replicas (`tf.distribute`) and
-        an actnorm is uninitialised: under a strategy the data-dependent initialisation must
-        run once, before `fit`, in the cross-replica context."""
-        distribute = tf_distribute()
-        if distribute is None or distribute.num_replicas(self.distribute_strategy) < 2:
-            return
-        missing = self.uninitialized_actnorms()
-        if missing:
-            raise RuntimeError(
-                f"{len(missing)} actnorm layers are not initialised (e.g. {missing[0]!r}) and "
-                f"the model trains on {distribute.num_replicas(self.distribute_strategy)} "
-                "replicas. Call model.initialize(batch) inside strategy.scope() before fit "
-                "(once, not in a replica/step function), or restore initialised weights.")
 
     def latent_noise(self, num_samples, temperature=1.0, seed=None):
         """Standard normal latents scaled by `temperature`, one per level (float32)."""

@@ -101,25 +101,6 @@ def test_every_permutation_trains(permutation):
     assert losses[-1] < losses[0], losses
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "adamax"])
-def test_fit_builds_the_optimizer_first_and_traces_the_step_once(optimizer):
-    """Keras (TensorFlow, no strategy) would create the optimizer's variables inside the first
-    trace, and so trace the training step twice; `FlowModel.make_train_function` builds them
-    first, over every trainable weight, and the step is traced once."""
-    from keras_flow.optimizers import make_optimizer
-
-    model = small_perturbed_glow()
-    model.compile(optimizer=make_optimizer(optimizer, 1e-3))
-    assert not model.optimizer.built
-    traces = []
-    train_step = model.train_step
-    model.train_step = lambda *args: traces.append(1) or train_step(*args)
-    x = preprocessed_images((16, 4, 4, 1), seed=4)
-    model.fit(x, batch_size=8, epochs=2, verbose=0)
-    assert model.optimizer.built and len(traces) == 1
-    assert model.optimizer.iterations.numpy() == 4
-
-
 def test_jit_compiled_fit_of_the_lu_variant():
     """Two XLA-compiled steps on CPU (a tiny model: compiling is what takes the time)."""
     model = Glow(levels=1, depth=1, hidden_width=4, lu_decomposed=True, image_shape=(2, 2, 1))

@@ -1,4 +1,4 @@
-"""Controlled experiments: train one flow configuration for a fixed budget, record its curves.
+"""The notebooks' helpers: train one flow configuration for a fixed budget, record its curves.
 
 `train_variant` is what the permutation notebook (Glow's Figure 3 ablation) runs once per
 variant: the same data (same batches in the same order, same dequantisation noise), the same

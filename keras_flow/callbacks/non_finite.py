@@ -17,7 +17,8 @@ weight (a non-finite gradient reached the update), it
 It raises inside `fit`, before the callbacks after it in the list, so a `Checkpoint` placed
 after the guard never saves non-finite weights. Finite weights that give a non-finite loss
 at the next step are another matter: `Checkpoint.settle` (train.py calls it through the
-`checkpoint` argument) then goes back to the checkpoint before them.
+`checkpoint` argument) then goes back to the checkpoint before them. The diagnosis is
+`keras_flow.callbacks.diagnosis`.
 
 Under `mixed_float16` Keras wraps the optimizer in a `LossScaleOptimizer`, which skips the
 update of a step whose scaled gradients overflow and halves the loss scale: that is expected,
@@ -38,8 +39,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_flow.layers.base import FlowLayer
-from keras_flow.layers.priors import standard_normal_log_prob
+from keras_flow.callbacks.diagnosis import diagnose
+from keras_flow.callbacks.diagnosis import is_finite
+from keras_flow.callbacks.diagnosis import tf_value
+from keras_flow.callbacks.steps import StepCounter
+from keras_flow.optimizers import is_loss_scaled
+from keras_flow.optimizers import optimizer_steps
 
 ADVICE = ("Try a longer learning-rate warm-up, a lower learning rate, gradient clipping "
           "(global norm, e.g. 50), or fewer bits per channel (n_bits=5), and check that the "
@@ -63,16 +68,11 @@ class NonFiniteLossError(ArithmeticError):
 def all_finite(variables):
     """True when every floating value of `variables` (Keras or TF variables) is finite
     (eager; for occasional checks such as before a checkpoint)."""
-    return _is_finite(list(variables))
+    return is_finite(list(variables))
 
 
 def _is_floating(variable):
     return keras.backend.standardize_dtype(variable.dtype).startswith(("float", "bfloat"))
-
-
-def _tf_value(variable):
-    """The backend (TF) variable behind a Keras variable; anything else as it is."""
-    return variable.value if isinstance(variable, keras.Variable) else variable
 
 
 class WeightSnapshot:
@@ -93,7 +93,7 @@ class WeightSnapshot:
         self._update = tf.function(self._update_graph, autograph=False)
 
     def _flat(self):
-        return tf.concat([tf.reshape(tf.cast(_tf_value(v), tf.float32), [-1])
+        return tf.concat([tf.reshape(tf.cast(tf_value(v), tf.float32), [-1])
                           for v in self.variables], axis=0)
 
     def _update_graph(self):
@@ -127,8 +127,9 @@ class NonFiniteGuard(keras.callbacks.Callback):
     Args:
         dataset: training `tf.data.Dataset` (images, or `{"image", "label"}` dicts); one batch
             of it feeds the diagnosis. None: the diagnosis checks the weights only.
-        counter: a `keras_flow.callbacks.StepCounter` giving the global step (resumed runs);
-            None counts the steps of this guard's `fit` calls.
+        counter: the run's `keras_flow.callbacks.StepCounter`, placed before the guard, giving
+            the global step (resumed runs); None: the guard keeps its own, counting the steps
+            of its `fit` calls.
         advice: the "what to try" sentence of the message.
         checkpoint: a text naming the last good checkpoint, appended to the message; or a
             callable `f(loss_finite)` returning it, called at the stop with whether the loss
@@ -144,20 +145,19 @@ class NonFiniteGuard(keras.callbacks.Callback):
                  snapshot=True):
         super().__init__()
         self.dataset = dataset
-        self.counter = counter
+        self.counter = StepCounter() if counter is None else counter
+        self._owns_counter = counter is None
         self.advice = advice
         self.checkpoint = checkpoint
         self.use_snapshot = bool(snapshot)
         self.snapshot = None
-        self.steps = 0
         self.skipped_steps = 0
         self._iterations_seen = None
-        self._epoch_start = 0
         self._checked_step = 0
 
     @property
     def step(self):
-        return self.counter.step if self.counter is not None else self.steps
+        return self.counter.step
 
     def on_train_begin(self, logs=None):
         if self.use_snapshot and self.snapshot is None:
@@ -167,12 +167,14 @@ class NonFiniteGuard(keras.callbacks.Callback):
         self._checked_step = self.step
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = self.steps
+        if self._owns_counter:
+            self.counter.on_epoch_begin(epoch)
 
     def on_train_batch_end(self, batch, logs=None):
         # With Keras's steps_per_execution = n this runs once per n steps, `batch` being the
         # last one's index in the epoch: the check covers the steps since the last one.
-        self.steps = self._epoch_start + batch + 1
+        if self._owns_counter:
+            self.counter.on_train_batch_end(batch)
         first, self._checked_step = self._checked_step + 1, self.step
         loss = _scalar((logs or {}).get("loss"))
         weights_finite = self.snapshot is None or self.snapshot.update(self.step)
@@ -226,22 +228,6 @@ class NonFiniteGuard(keras.callbacks.Callback):
                                  where=finding.where)
 
 
-def is_loss_scaled(optimizer):
-    return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-
-
-def loss_scale(optimizer):
-    """The current dynamic loss scale of a `LossScaleOptimizer`, else None."""
-    if not is_loss_scaled(optimizer):
-        return None
-    return float(keras.ops.convert_to_numpy(optimizer.dynamic_scale))
-
-
-def optimizer_steps(optimizer):
-    """The optimizer's update count as an int (also for a `tf.distribute` mirrored variable)."""
-    return int(keras.ops.convert_to_numpy(optimizer.iterations))
-
-
 def is_finite_loss(logs):
     """Whether the batch `logs` hold a finite `loss` (True without one: nothing says otherwise)."""
     loss = _scalar((logs or {}).get("loss"))
@@ -265,147 +251,3 @@ def _first_batch(dataset):
     if isinstance(element, dict):
         return element["image"], element.get("label")
     return element, None
-
-
-class Finding:
-    """What `diagnose` found: `where` (a layer path or term name, None if nothing) and `text`."""
-
-    def __init__(self, where=None, text=""):
-        self.where = where
-        self.text = text
-
-    def __repr__(self):
-        return f"Finding(where={self.where!r}, text={self.text!r})"
-
-
-def diagnose(model, images=None, labels=None):
-    """Finds the first non-finite value of one training step of a keras_flow flow model.
-
-    In order, and stopping at the first non-finite value: the weights (model order); the
-    input batch (also checked to lie in [-0.5, 0.5]); the output, then the log-det, of every
-    flow layer in the order the forward pass (data -> latent, training mode) completes them;
-    each level's prior term `sum log N(eps_l; 0, I)`; the loss; the gradient of every
-    trainable weight (model order).
-
-    Args:
-        model: a built `FlowModel` (Glow, RealNVP).
-        images: a batch of preprocessed training images, or None to check the weights only.
-        labels: int labels for a class-conditional model.
-
-    Returns:
-        A `Finding`; `where` is None when every value checked is finite.
-    """
-    for variable in model.weights:
-        if not _is_finite(variable):
-            return Finding(variable.path, f"weight {variable.path} holds {_kind(variable)} "
-                                          "values.")
-    if images is None:
-        return Finding(None, "")
-    for finding in (_check_input(images), _forward_finding(model, images, labels),
-                    _gradient_finding(model, images, labels)):
-        if finding is not None:
-            return finding
-    return Finding(None, "every layer output, log-det, prior term and gradient is finite on "
-                         "this batch, so the failure depended on the batch or the update "
-                         "(learning rate) of that step.")
-
-
-def _check_input(images):
-    values = _float_arrays(images)[0]
-    if not np.all(np.isfinite(values)):
-        return Finding("input", f"the input batch holds {_kind(values)} values.")
-    low, high = float(values.min()), float(values.max())
-    if low < -0.5 - 1e-3 or high > 0.5 + 1e-3:
-        return Finding("input", f"the input batch spans [{low:.4g}, {high:.4g}], outside the "
-                                "expected [-0.5, 0.5]; preprocess the images with "
-                                "keras_flow.preprocessing.preprocess.")
-    return None
-
-
-def _forward_finding(model, images, labels):
-    records = []
-    with _recording_flow_layers(model, records):
-        eps_list, log_det, _ = model.encode_with_top(
-            keras.ops.convert_to_tensor(images), labels, training=True)
-    for layer, outputs, layer_log_det in records:
-        name = f"{layer.path} ({layer.__class__.__name__})"
-        if not _is_finite(outputs):
-            return Finding(layer.path, f"the output of {name} holds {_kind(outputs)} values "
-                                       "(its input was finite).")
-        if not _is_finite(layer_log_det):
-            return Finding(layer.path, f"the log-det of {name} is {_kind(layer_log_det)}.")
-    for level, eps in enumerate(eps_list, start=1):
-        term = standard_normal_log_prob(eps)
-        if not _is_finite(term):
-            return Finding(f"prior_level_{level}", f"the prior term log N(eps; 0, I) of level "
-                                                   f"{level} is {_kind(term)}.")
-    if not _is_finite(log_det):
-        return Finding("log_det", f"the total log-det is {_kind(log_det)}.")
-    return None
-
-
-def _gradient_finding(model, images, labels):
-    inputs = images if labels is None else {"image": images, "label": labels}
-    with tf.GradientTape() as tape:
-        model(inputs, training=True)
-        loss = tf.add_n([tf.cast(value, "float32") for value in model.losses])
-    if not _is_finite(loss):
-        return Finding("loss", f"the loss is {_kind(loss)}.")
-    variables = model.trainable_variables
-    gradients = tape.gradient(loss, [_tf_value(v) for v in variables])
-    for variable, gradient in zip(variables, gradients):
-        if gradient is not None and not _is_finite(gradient):
-            return Finding(variable.path, f"the gradient of weight {variable.path} holds "
-                                          f"{_kind(gradient)} values (the loss, "
-                                          f"{float(loss):.4g}, is finite).")
-    return None
-
-
-class _recording_flow_layers:
-    """Context in which every flow layer of `model` appends `(layer, outputs, log_det)` to
-    `records` when its call completes (an instance-level wrapper of `call`, removed on exit)."""
-
-    def __init__(self, model, records):
-        self.layers = [layer for layer in model._flatten_layers(include_self=False)
-                       if isinstance(layer, FlowLayer)]
-        self.records = records
-
-    def __enter__(self):
-        for layer in self.layers:
-            layer.__dict__["call"] = self._wrap(layer, type(layer).call.__get__(layer))
-        return self
-
-    def __exit__(self, *exc_info):
-        for layer in self.layers:
-            layer.__dict__.pop("call", None)
-
-    def _wrap(self, layer, call):
-        def recorded(*args, **kwargs):
-            outputs, log_det = call(*args, **kwargs)
-            self.records.append((layer, outputs, log_det))
-            return outputs, log_det
-
-        return recorded
-
-
-def _float_arrays(value):
-    """The floating tensors of a nest (Keras variables included) as float64 NumPy arrays."""
-    tensors = [tf.convert_to_tensor(_tf_value(v)) for v in tf.nest.flatten(value)]
-    return [tf.cast(t, "float64").numpy() for t in tensors if t.dtype.is_floating]
-
-
-def _is_finite(value):
-    return all(np.all(np.isfinite(array)) for array in _float_arrays(value))
-
-
-def _kind(value):
-    """"NaN", "+inf", "-inf" or a mix, for the message."""
-    values = np.concatenate([np.ravel(a) for a in _float_arrays(value)] or [np.zeros(0)])
-    kinds = []
-    if np.isnan(values).any():
-        kinds.append("NaN")
-    if np.isposinf(values).any():
-        kinds.append("+inf")
-    if np.isneginf(values).any():
-        kinds.append("-inf")
-    return "/".join(kinds) or "finite"
