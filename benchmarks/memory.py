@@ -104,6 +104,7 @@ def measure(preset, batch_size, remat, how="gradients"):
 
     model = keras_flow.Glow.from_preset(preset, remat=remat)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=False)
+    keras_flow.optimizers.build_optimizer(model)  # as train.py does
     images = np.random.default_rng(0).uniform(
         -0.5, 0.5, (batch_size,) + model.image_shape).astype("float32")
     step = make_step(model, how)

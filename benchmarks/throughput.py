@@ -409,6 +409,7 @@ def initialized_glow(args, x, package=None):
 
 def build_model(args, policy):
     import keras
+    from keras_flow.optimizers import build_optimizer
 
     keras.config.set_dtype_policy(policy)
     x = workload_batch(args)
@@ -416,6 +417,7 @@ def build_model(args, policy):
     jit = {"auto": "auto", "on": True, "off": False}[args.jit]
     model.compile(optimizer=make_training_optimizer(args.optimizer), jit_compile=jit,
                   steps_per_execution=args.steps_per_execution)
+    build_optimizer(model)  # as train.py does: the training step then traces once
     return model, x
 
 

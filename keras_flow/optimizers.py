@@ -1,8 +1,8 @@
 """openai/glow's Adamax, Adam, and a linear learning-rate warm-up, as Keras 3 optimizer pieces.
 
 Backend-neutral (`keras.ops`). On the TensorFlow backend the two optimizers update each
-variable with TensorFlow's fused training kernel (`ResourceApplyAdaMax` / `ResourceApplyAdam`,
-one op per variable instead of about ten elementwise ops); the arithmetic is the same. All
+variable with TensorFlow's fused training kernel instead (`keras_flow.kernels.fused_updates`,
+the seam for speed: one op per variable instead of about ten); the arithmetic is the same. All
 classes are registered serializable, so a compiled model saved with them reloads after
 `import keras_flow`.
 
@@ -18,23 +18,9 @@ import keras
 from keras import ops
 
 from keras_flow import compat
+from keras_flow.kernels import fused_updates
 
 OPTIMIZERS = ("adamax", "adam")
-
-
-def fused_kernel_applies(gradient, variable):
-    """Whether TensorFlow's fused `ResourceApply*` kernels can update `variable` in place: the
-    TensorFlow backend, a dense gradient, a resource variable (also a replica's component
-    inside `tf.distribute`'s update)."""
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-    return not isinstance(gradient, tf.IndexedSlices) and hasattr(variable, "handle")
-
-
-def optimizer_slot(slot):
-    """The `tf.Variable` behind an optimizer slot (a `keras.Variable` on TensorFlow)."""
-    return slot.value if isinstance(slot, keras.Variable) else slot
 
 
 class SharedStepScalars:
@@ -113,13 +99,8 @@ class GlowAdamax(SharedStepScalars, keras.optimizers.Adamax):
         c = self.step_scalars(learning_rate, variable.dtype)
         lr = c["adamax_lr"]
         m, u = compat.optimizer_slots(self, variable, "_m", "_u")
-        if fused_kernel_applies(gradient, variable):
-            import tensorflow as tf
-            # var -= lr / (1 - beta_1^t) * m / (u + epsilon), after the same m and u updates.
-            tf.raw_ops.ResourceApplyAdaMax(
-                var=variable.handle, m=optimizer_slot(m).handle, v=optimizer_slot(u).handle,
-                beta1_power=c["beta_1_power"], lr=lr, beta1=c["beta_1"], beta2=c["beta_2"],
-                epsilon=c["epsilon"], grad=gradient)
+        if fused_updates.applies(gradient, variable):
+            fused_updates.apply_adamax(variable, m, u, gradient, c, lr)
             return
         self.assign_add(m, (gradient - m) * (1 - c["beta_1"]))
         self.assign(u, ops.maximum(c["beta_2"] * u, ops.abs(gradient)))
@@ -143,16 +124,11 @@ class FusedAdam(SharedStepScalars, keras.optimizers.Adam):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
 
     def update_step(self, gradient, variable, learning_rate):
-        if self.amsgrad or not fused_kernel_applies(gradient, variable):
+        if self.amsgrad or not fused_updates.applies(gradient, variable):
             return super().update_step(gradient, variable, learning_rate)
-        import tensorflow as tf
         c = self.step_scalars(learning_rate, variable.dtype)
         m, v = compat.optimizer_slots(self, variable, "_momentums", "_velocities")
-        tf.raw_ops.ResourceApplyAdam(
-            var=variable.handle, m=optimizer_slot(m).handle,
-            v=optimizer_slot(v).handle, beta1_power=c["beta_1_power"],
-            beta2_power=c["beta_2_power"], lr=c["lr"], beta1=c["beta_1"], beta2=c["beta_2"],
-            epsilon=c["epsilon"], grad=ops.cast(gradient, variable.dtype))
+        fused_updates.apply_adam(variable, m, v, ops.cast(gradient, variable.dtype), c)
 
 
 @keras.saving.register_keras_serializable(package="keras_flow")

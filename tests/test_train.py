@@ -18,6 +18,7 @@ import tensorflow as tf
 from keras_flow import callbacks as flow_callbacks
 from keras_flow import optimizers
 from keras_flow import training
+from keras_flow.kernels import fused_updates
 from keras_flow.training.assembly import Plan
 from keras_flow.optimizers import FusedAdam
 from keras_flow.optimizers import GlowAdamax
@@ -70,8 +71,8 @@ def test_optimizers_match_their_reference_updates(name, traced, fused, monkeypat
     """Both update paths (TensorFlow's fused kernel and the backend-neutral ops) follow the
     reference formulas, eagerly and traced."""
     decisions = []
-    applies = optimizers.fused_kernel_applies if fused else (lambda *args: False)
-    monkeypatch.setattr(optimizers, "fused_kernel_applies",
+    applies = fused_updates.applies if fused else (lambda *args: False)
+    monkeypatch.setattr(fused_updates, "applies",
                         lambda *args: decisions.append(applies(*args)) or decisions[-1])
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=(3, 4)).astype("float32")

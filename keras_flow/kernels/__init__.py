@@ -13,7 +13,9 @@ reference; they differ in speed on a given platform. A layer asks `conv_same_for
 `"auto"` is `"onednn"` with TensorFlow on a CPU (oneDNN's kernels, whose channel blocking the
 thin forms avoid) and `"portable"` elsewhere (under JAX, XLA's CPU convolutions ran W2 twice
 as fast without the thin forms as with them). The other speed machinery sits beside it:
-`keras_flow.kernels.batch_shards` (data parallelism over the cores inside one step).
+`keras_flow.kernels.batch_shards` (data parallelism over the cores inside one step, and the
+weight-derived tensors its shards share) and `keras_flow.kernels.fused_updates` (TensorFlow's
+one-op optimizer updates).
 """
 
 import functools
