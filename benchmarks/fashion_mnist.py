@@ -29,7 +29,6 @@ run on the same machine. With `--max-steps` the points are steps instead of seco
 """
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -118,12 +117,9 @@ def main(argv=None):
         max_seconds=args.max_seconds if args.budget_decay else None,
         mixed_precision=args.mixed_precision, jit=args.jit, seed=args.seed, verbose=0))
 
-    def report(line):
-        text = json.dumps(line)
-        print(text, flush=True)
-        if args.out:
-            with open(args.out, "a") as stream:
-                stream.write(text + "\n")
+    import jsonl  # benchmarks/, the script's own folder
+
+    report = jsonl.reporter(args.out)
 
     cores = training.start_threads(config)
     with training.dtype_policy(config.mixed_precision):

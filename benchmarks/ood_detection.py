@@ -22,7 +22,6 @@ random batches (`keras_flow.typicality.detection_table`).
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -74,12 +73,9 @@ def main(argv=None):
     from keras_flow import scoring
     from keras_flow import typicality
 
-    def report(line):
-        text = json.dumps(line)
-        print(text, flush=True)
-        if args.out:
-            with open(args.out, "a") as stream:
-                stream.write(text + "\n")
+    import jsonl  # benchmarks/, the script's own folder
+
+    report = jsonl.reporter(args.out)
 
     started = time.monotonic()
     reference = typicality.load_reference(args.run)

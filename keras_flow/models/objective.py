@@ -11,7 +11,7 @@ The `D log(num_bins)` term is the discretisation: a flow models dequantised imag
 [-0.5, 0.5), whose bins have width 1/num_bins (openai/glow's `-log(n_bins) * n_pixels`).
 Every value is float32 of shape `(batch_size,)`, whatever the dtype policy.
 
-The model, its export, the notebooks' breakdown and the non-finite diagnosis all use these
+The model, its export, the scoring command and the notebooks' breakdown all use these
 functions; nothing else writes the formula out.
 """
 
