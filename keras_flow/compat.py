@@ -20,6 +20,9 @@ another Keras warns once (`check_keras_version`).
 | `recording_calls`       | an instance-level `call` (`layer.__dict__["call"]`)        |
 | `wrap_step_functions`   | instance-level `train_step` / `test_step` of a model       |
 | `in_multi_worker_mode`  | `strategy.extended._in_multi_worker_mode()` (TensorFlow)   |
+| `saved_model_root`      | `tf.__internal__.tracking.AutoTrackable` (TensorFlow): the  |
+|                         | root Keras's own export saves (`tf.Module` reserves         |
+|                         | `variables`)                                               |
 """
 
 import contextlib
@@ -135,6 +138,14 @@ def in_multi_worker_mode(strategy):
     """Whether `strategy` (a `MultiWorkerMirroredStrategy`) spans more than one worker: the
     condition under which Keras reduces metrics across workers."""
     return strategy.extended._in_multi_worker_mode()
+
+
+def saved_model_root():
+    """An empty trackable object to hang a SavedModel's functions and variables on, the kind
+    Keras's `ExportArchive` saves (public `tf.Module` would refuse a `variables` attribute)."""
+    import tensorflow as tf
+
+    return tf.__internal__.tracking.AutoTrackable()
 
 
 check_keras_version()

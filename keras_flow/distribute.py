@@ -40,6 +40,7 @@ import keras
 import tensorflow as tf
 
 from keras_flow import compat
+from keras_flow.layers.actnorm import Actnorm
 
 STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
 
@@ -238,6 +239,13 @@ def initialize(model, images, labels=None):
     model.initialize(images, labels)
 
 
+def uninitialized_actnorms(model):
+    """Names of the actnorms of `model` not yet initialised from data (by `initialize` or a
+    reload)."""
+    return [layer.path for layer in compat.all_sublayers(model)
+            if isinstance(layer, Actnorm) and layer.built and not layer.is_initialized]
+
+
 def check_initialized_for_fit(model):
     """Raises `RuntimeError` if `model` trains on several replicas and an actnorm is
     uninitialised: under a strategy the data-dependent initialisation must run once, before
@@ -245,7 +253,7 @@ def check_initialized_for_fit(model):
     replicas = num_replicas(model.distribute_strategy)
     if replicas < 2:
         return
-    missing = model.uninitialized_actnorms()
+    missing = uninitialized_actnorms(model)
     if missing:
         raise RuntimeError(
             f"{len(missing)} actnorm layers are not initialised (e.g. {missing[0]!r}) and "

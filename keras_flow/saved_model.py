@@ -41,6 +41,8 @@ import tempfile
 
 import tensorflow as tf
 
+from keras_flow import compat
+
 from keras_flow import preprocessing
 from keras_flow.models import objective
 from keras_flow.models.flow_model import FlowModel
@@ -99,7 +101,7 @@ class EndpointArchive:
     """
 
     def __init__(self, endpoints):
-        self.root = tf.__internal__.tracking.AutoTrackable()  # what Keras's archive saves
+        self.root = compat.saved_model_root()
         self.functions = {}
         for name in ENDPOINTS:
             function = tf.function(getattr(endpoints, name), autograph=False,

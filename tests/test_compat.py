@@ -99,3 +99,11 @@ def test_wrap_step_functions_changes_the_logs_of_fit_and_evaluate():
 def test_in_multi_worker_mode_is_false_on_one_worker():
     """The true case runs in tests/test_distribute.py's multi-worker processes."""
     assert compat.in_multi_worker_mode(tf.distribute.get_strategy()) is False
+
+
+def test_saved_model_root_holds_variables_and_functions(tmp_path):
+    root = compat.saved_model_root()
+    root.variables = [tf.Variable(2.0)]
+    root.double = tf.function(lambda x: 2.0 * x, input_signature=[tf.TensorSpec([], tf.float32)])
+    tf.saved_model.save(root, str(tmp_path))
+    assert float(tf.saved_model.load(str(tmp_path)).double(3.0)) == 6.0

@@ -9,7 +9,6 @@ import numpy as np
 from keras import ops
 
 from keras_flow.kernels import batch_shards
-from keras_flow.layers.actnorm import Actnorm
 from keras_flow.layers.base import FLOW_DTYPE
 from keras_flow.layers.base import FloatFlowPath
 from keras_flow.layers.priors import check_labels
@@ -351,11 +350,6 @@ class FlowModel(FloatFlowPath, keras.Model):
         check_preprocessed(images, "initialisation images")
         self.encode_with_top(ops.cast(images, FLOW_DTYPE), labels, training=False,
                              initialize=True)
-
-    def uninitialized_actnorms(self):
-        """Names of the actnorms not yet initialised from data (by `initialize` or a reload)."""
-        return [layer.path for layer in self._flatten_layers()
-                if isinstance(layer, Actnorm) and layer.built and not layer.is_initialized]
 
     def latent_noise(self, num_samples, temperature=1.0, seed=None):
         """Standard normal latents scaled by `temperature`, one per level (float32)."""
