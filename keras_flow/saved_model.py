@@ -40,7 +40,6 @@ import shutil
 import tempfile
 
 import tensorflow as tf
-
 from keras_flow import compat
 
 from keras_flow import preprocessing
