@@ -40,8 +40,8 @@ import shutil
 import tempfile
 
 import tensorflow as tf
-from keras_flow import compat
 
+from keras_flow import compat
 from keras_flow import preprocessing
 from keras_flow.models import objective
 from keras_flow.models.flow_model import FlowModel
