@@ -43,15 +43,17 @@ class FlowLayer(FloatFlowPath, keras.layers.Layer):
     `(values, log_det)`, as TensorFlow Probability's bijectors do.
 
     Keyword arguments reach the hooks unchanged, so a layer made of flow layers passes them on:
-    `training` (Keras's flag, for layers with batch statistics) and, in the forward direction,
-    `initialize=True` during the model's data-dependent initialisation (`Actnorm`); a layer
-    ignores those it does not use.
+    `training` (Keras's flag, for layers with batch statistics), `initialize=True` during the
+    model's data-dependent initialisation (`Actnorm`, forward only), `shared` (the batch
+    shards' `keras_flow.kernels.batch_shards.SharedDerivations`, or None) and a layer's own
+    (`labels`, `temperature`, ...); a layer ignores those it does not use.
     """
 
-    def call(self, inputs, inverse=False, training=None, **kwargs):
+    def call(self, inputs, inverse=False, training=None, initialize=False, shared=None,
+             **kwargs):
         check_input_channels(self, inputs, self.expected_channels(inverse))
         hook = self._inverse if inverse else self._forward
-        return hook(inputs, training=training, **kwargs)
+        return hook(inputs, training=training, initialize=initialize, shared=shared, **kwargs)
 
     def expected_channels(self, inverse):
         """The channel count of the input in this direction (a tuple for a tuple input), or

@@ -161,26 +161,26 @@ class Split2D(FlowLayer):
             return super().expected_channels(inverse)
         return self.kept_channels, self.factored_channels
 
-    def _mean_and_log_std(self, kept):
+    def _mean_and_log_std(self, kept, shared=None):
         if not self.learned:
             shape = ops.shape(kept)[:-1] + (self.factored_channels,)
             return ops.zeros(shape, "float32"), ops.zeros(shape, "float32")
         return deinterleave_channels(
-            self.prior(kept if self.conditional else zero_image_like(kept)))
+            self.prior(kept if self.conditional else zero_image_like(kept), shared=shared))
 
-    def _forward(self, inputs, **kwargs):
+    def _forward(self, inputs, shared=None, **kwargs):
         kept, factored = split_channels(inputs, self.kept_channels)
-        eps, log_det = standardize(factored, *self._mean_and_log_std(kept))
+        eps, log_det = standardize(factored, *self._mean_and_log_std(kept, shared))
         return (kept, eps), log_det
 
-    def _inverse(self, outputs, temperature=1.0, seed=None, **kwargs):
+    def _inverse(self, outputs, temperature=1.0, seed=None, shared=None, **kwargs):
         if isinstance(outputs, (tuple, list)):
             kept, eps = outputs
         else:
             kept = outputs
             shape = ops.shape(kept)[:-1] + (self.factored_channels,)
             eps = keras.random.normal(shape, stddev=temperature, seed=seed)
-        factored, log_det = destandardize(eps, *self._mean_and_log_std(kept), kept.dtype)
+        factored, log_det = destandardize(eps, *self._mean_and_log_std(kept, shared), kept.dtype)
         return ops.concatenate([kept, factored], axis=-1), log_det
 
     def compute_output_spec(self, inputs, inverse=False, **kwargs):
@@ -256,11 +256,11 @@ class TopPrior(FlowLayer):
                                               name="class_embedding", dtype=self.dtype_policy)
             self.class_embedding.build((None, 1, 1, self.num_classes))
 
-    def _mean_and_log_std(self, z, labels):
+    def _mean_and_log_std(self, z, labels, shared=None):
         check_labels(self.num_classes, labels)
         h = None
         if self.learn_top:
-            h = self.top(zero_image_like(z))
+            h = self.top(zero_image_like(z), shared=shared)
         if self.num_classes:
             onehot = ops.one_hot(ops.cast(ops.reshape(labels, (-1,)), "int32"),
                                  self.num_classes, dtype=z.dtype)
@@ -270,14 +270,14 @@ class TopPrior(FlowLayer):
             return None, None
         return split_channels(h, self.channels)
 
-    def _forward(self, inputs, labels=None, **kwargs):
-        mean, log_std = self._mean_and_log_std(inputs, labels)
+    def _forward(self, inputs, labels=None, shared=None, **kwargs):
+        mean, log_std = self._mean_and_log_std(inputs, labels, shared)
         if mean is None:
             return ops.cast(inputs, "float32"), zero_log_det(inputs)
         return standardize(inputs, mean, log_std)
 
-    def _inverse(self, outputs, labels=None, **kwargs):
-        mean, log_std = self._mean_and_log_std(outputs, labels)
+    def _inverse(self, outputs, labels=None, shared=None, **kwargs):
+        mean, log_std = self._mean_and_log_std(outputs, labels, shared)
         if mean is None:
             return ops.cast(outputs, FLOW_DTYPE), zero_log_det(outputs)
         return destandardize(outputs, mean, log_std, FLOW_DTYPE)

@@ -181,10 +181,11 @@ class Glow(FlowModel):
                 z, step_log_det = self._run_step(step, z, training, initialize, shared)
                 log_det = log_det + step_log_det
             if level < self.levels - 1:
-                (z, eps), split_log_det = self.splits[level](z, training=training)
+                (z, eps), split_log_det = self.splits[level](z, training=training,
+                                                             shared=shared)
                 eps_list.append(eps)
                 log_det = log_det + split_log_det
-        eps, top_log_det = self.top_prior(z, labels=labels, training=training)
+        eps, top_log_det = self.top_prior(z, labels=labels, training=training, shared=shared)
         eps_list.append(eps)
         return eps_list, log_det + top_log_det, z
 
@@ -213,10 +214,10 @@ class Glow(FlowModel):
         return xent / objective.LN2
 
     def decode_batch(self, eps_list, labels=None, shared=None):
-        z, _ = self.top_prior(eps_list[-1], inverse=True, labels=labels)
+        z, _ = self.top_prior(eps_list[-1], inverse=True, labels=labels, shared=shared)
         for level in reversed(range(self.levels)):
             if level < self.levels - 1:
-                z, _ = self.splits[level]((z, eps_list[level]), inverse=True)
+                z, _ = self.splits[level]((z, eps_list[level]), inverse=True, shared=shared)
             for step in reversed(self.steps[level]):
                 z, _ = step(z, inverse=True, shared=shared)
             z, _ = self.squeezes[level](z, inverse=True)
