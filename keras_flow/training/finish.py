@@ -44,7 +44,7 @@ def write_metrics(model, metrics, plan, fitted, state, seconds, restored_best, e
         resumed=state is not None,
         resumed_from_step=None if state is None else state["step"],
         time_limit_reached=fitted.time_limit.reached,
-        stopped_by=stopped_by(fitted),
+        stopped_by=stopped_by(fitted, plan),
         best_weights=restored_best,
         best_epoch=fitted.keep_best.record and fitted.keep_best.record["epoch"],
         exported=exported,

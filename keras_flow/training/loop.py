@@ -159,6 +159,10 @@ def _of_total(plan):
     return "" if plan.total_steps is None else f" of {plan.total_steps}"
 
 
-def stopped_by(fitted):
-    """What ended training: `"time"` (the `max_seconds` limit) or `"epochs"`."""
-    return "time" if fitted.time_limit.reached else "epochs"
+def stopped_by(fitted, plan):
+    """What ended training: `"time"` (the `max_seconds` limit) or `"epochs"` (also for a run
+    resumed after it had finished, from its step count)."""
+    if fitted.time_limit.reached:
+        return "time"
+    finished_epochs = plan.total_steps is not None and fitted.counter.step >= plan.total_steps
+    return "epochs" if finished_epochs else "time"
