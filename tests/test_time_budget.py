@@ -223,3 +223,12 @@ def test_the_openai_recipe_trains_as_before_seed_for_seed(tmp_path):
     assert json.loads((tmp_path / "explicit" / "config.json").read_text())["recipe"] == (
         "time-budget")
     assert _weights_sum(tmp_path / "explicit") == _weights_sum(tmp_path / "openai")
+
+
+@pytest.mark.parametrize("options", [dict(), dict(max_seconds=60.0),
+                                     dict(max_seconds=60.0, epochs=3, recipe="openai"),
+                                     dict(model="realnvp", dataset="cifar10", max_seconds=9.0)])
+def test_a_resolved_config_resolves_to_itself(bf16, options):
+    """Benchmarks resolve a configuration and `train` resolves it again."""
+    once = training.resolve_config(training.TrainConfig(**options))
+    assert training.resolve_config(once) == once
