@@ -44,6 +44,17 @@ GLOW_ONLY = ("depth", "permutation", "coupling", "lu", "learn_top", "remat",
              "zero_log_scale_factor", "split_prior")
 
 
+def _summary(values):
+    """`values` as flags, e.g. `--lr 0.0015, --budget-decay` (the recipe's help)."""
+    flags = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if value is not True:
+            flag += f" {value:g}" if isinstance(value, float) else f" {value}"
+        flags.append(flag)
+    return ", ".join(flags)
+
+
 def _option(default, help, **metadata):
     return dataclasses.field(default=default, metadata=dict(help=help, **metadata))
 
@@ -68,11 +79,10 @@ class TrainConfig:
     model: str = _option("glow", "flow architecture", choices=tuple(MODELS))
     preset: str = _option("auto", "named configuration (models/presets.py), 'auto' for the "
                           "one named like the dataset if any, or 'none'")
-    recipe: str = _option("auto", "optimisation settings: time-budget (Adam 1.5e-3, warm-up "
-                          "200, beta2 0.99, clip 100, decay over --max-seconds, bf16 where "
-                          "native; docs/time-budget.md), openai (openai/glow's, as the presets "
-                          "say), auto: time-budget with --max-seconds, else openai; explicit "
-                          "flags always win", choices=RECIPES)
+    recipe: str = _option("auto", "optimisation settings: time-budget (" + _summary(
+        TIME_BUDGET_RECIPE) + "; bf16 only where native; docs/time-budget.md), openai "
+        "(openai/glow's, and the preset's), auto: time-budget with --max-seconds, else openai; "
+        "explicit flags always win", choices=RECIPES)
     levels: int = _option(None, "number of scales L (default: preset, else 3 / RealNVP 4)")
     depth: int = _option(None, "Glow: steps of flow per level K (default: preset, else 32)")
     hidden_width: int = _option(None, "coupling network width (default: preset, else 512 / "
@@ -145,8 +155,9 @@ class TrainConfig:
     checkpoint_every: int = _option(500, "steps between checkpoints (also at every epoch "
                                     "end; 0: epoch ends only)")
     mixed_precision: str = _option(None, "off: float32; bf16 / fp16: mixed precision "
-                                   "(fp16 with loss scaling) (default: the time-budget recipe "
-                                   "bf16 on a GPU or a CPU with AMX / AVX512-BF16, else off)",
+                                   "(fp16 with loss scaling) (default: bf16 under the "
+                                   "time-budget recipe on a GPU or a CPU with AMX or "
+                                   "AVX512-BF16, else off)",
                                    choices=tuple(POLICIES))
     jit: str = _option("auto", "XLA compilation of the training step (auto: Keras decides; "
                        "off on CPU)", choices=tuple(JIT))
