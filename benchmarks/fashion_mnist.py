@@ -108,7 +108,9 @@ def main(argv=None):
     from timed_evaluation import TimedEvaluation
 
     config = training.resolve_config(training.TrainConfig(
-        dataset=f"idx:{args.data_dir}", preset="none", **W2, optimizer=args.optimizer,
+        # recipe "openai": this script's flags and their defaults say every setting
+        dataset=f"idx:{args.data_dir}", preset="none", recipe="openai", **W2,
+        optimizer=args.optimizer,
         lr=args.lr, warmup=args.warmup, clip_norm=args.clip_norm, beta_2=args.beta_2,
         validation_fraction=0.0,
         zero_log_scale_factor=args.zero_log_scale_factor, split_prior=args.split_prior,

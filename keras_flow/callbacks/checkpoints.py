@@ -9,6 +9,7 @@ start, with each worker writing its own folder (docs/training.md). Every file is
 atomically (`keras_flow.files`), so a kill at any moment leaves whole files.
 """
 
+import math
 from pathlib import Path
 
 import keras
@@ -85,7 +86,8 @@ class Checkpoint(keras.callbacks.Callback):
         folder: the checkpoint folder (`<out>/checkpoints`).
         counter: the run's `StepCounter`.
         every: steps between checkpoints (0: epoch ends and the end of training only).
-        total_steps: the step count of a complete run (marks the final state finished).
+        total_steps: the step count of a complete run (marks the final state finished);
+            None when only the time limit ends it.
         time_limit: the run's `TimeLimit` callback, or None.
     """
 
@@ -94,7 +96,7 @@ class Checkpoint(keras.callbacks.Callback):
         self.folder = Path(folder)
         self.counter = counter
         self.every = int(every)
-        self.total_steps = int(total_steps)
+        self.total_steps = math.inf if total_steps is None else int(total_steps)
         self.time_limit = time_limit
         self.saved_step = None
         self._last_step = counter.step

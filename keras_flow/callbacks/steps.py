@@ -71,20 +71,24 @@ class TimeLimit(keras.callbacks.Callback):
 
 class SpendBudget(keras.callbacks.Callback):
     """Before every step, sets a `BudgetCosineDecay`'s `spent` to `clock() / max_seconds`, so
-    the learning rate anneals to 0 when `max_seconds` of `clock` have passed.
+    the learning rate anneals to 0 when `max_seconds` of `clock` have passed; with `progress`,
+    to the larger of that and `progress()`, so that it reaches 0 where training ends when the
+    last step comes before the time is up.
 
     Args:
         max_seconds: the time budget.
         clock: seconds of training so far (e.g. the seconds since `TimeLimit` started, or
             the benchmarks' `TimedEvaluation.training_seconds`).
+        progress: the share of the run's steps done so far, or None (the clock alone).
     """
 
-    def __init__(self, max_seconds, clock):
+    def __init__(self, max_seconds, clock, progress=None):
         super().__init__()
         if not 0 < max_seconds < math.inf:
             raise ValueError(f"SpendBudget needs a finite max_seconds > 0; got {max_seconds}.")
         self.max_seconds = float(max_seconds)
         self.clock = clock
+        self.progress = progress
         self._spent = None  # the schedule's variable, found once per `fit`
 
     def on_train_begin(self, logs=None):
@@ -95,4 +99,7 @@ class SpendBudget(keras.callbacks.Callback):
         self._spent = schedule.spent
 
     def on_train_batch_begin(self, batch, logs=None):
-        self._spent.assign(min(1.0, self.clock() / self.max_seconds))
+        spent = self.clock() / self.max_seconds
+        if self.progress is not None:
+            spent = max(spent, self.progress())
+        self._spent.assign(min(1.0, spent))

@@ -6,7 +6,8 @@ module: `config` (TrainConfig, presets, checks), `runtime` (threads, strategy, d
 weights), `loop` (callbacks, mid-epoch resume) and `finish` (evaluation, saving, export).
 `train` runs them in this order:
 
-1. Resolves the configuration (the preset's defaults under the explicit options), sets
+1. Resolves the configuration (the recipe's and the preset's values under the explicit
+   options; `resolve_config`), sets
    TensorFlow's threads for the batch shards (`keras_flow.cpu_threads`: one per CPU core by
    default), creates the `tf.distribute` strategy and picks the output folder; an unfinished
    run of the same configuration is resumed (under several workers: from the chief's
@@ -56,10 +57,15 @@ from keras_flow.training.assembly import make_plan
 from keras_flow.training.assembly import squeezes
 from keras_flow.training.assembly import start_weights
 from keras_flow.training.config import DEFAULTS
+from keras_flow.training.config import RECIPES
+from keras_flow.training.config import TIME_BUDGET_RECIPE
 from keras_flow.training.config import MODELS
 from keras_flow.training.config import TrainConfig
 from keras_flow.training.config import parse_warmup
 from keras_flow.training.config import preset_values
+from keras_flow.training.config import recipe_line
+from keras_flow.training.config import recipe_values
+from keras_flow.training.config import resolve_recipe
 from keras_flow.training.config import resolve_config
 from keras_flow.training.config import say
 from keras_flow.training.finish import evaluate
@@ -75,7 +81,9 @@ from keras_flow.training.run_folder import check_output_folder
 from keras_flow.training.run_folder import open_run_folder
 from keras_flow.training.run_folder import output_folder
 from keras_flow.training.run_folder import remove_run
+from keras_flow.training.run_folder import saved_config
 from keras_flow.training.runtime import dtype_policy
+from keras_flow.training.runtime import native_bfloat16
 from keras_flow.training.runtime import resolve_batch_shards
 from keras_flow.training.runtime import start_runtime
 from keras_flow.training.runtime import start_strategy
@@ -98,7 +106,7 @@ def train(config):
         ValueError, FileNotFoundError, TypeError: for invalid options or data.
     """
     started = time.monotonic()
-    config = resolve_config(config)
+    config = resolve_config(config, saved_config(config))
     # Before TensorFlow starts: threads, then the strategy (multi-worker collectives).
     runtime = start_runtime(config)
     run = open_run_folder(config, runtime.strategy)

@@ -15,6 +15,10 @@ from keras_flow.training.run_folder import restore_checkpoint
 from keras_flow.training.runtime import JIT
 
 
+# The epochs `fit` is given when the clock alone ends training (`epochs` None, `max_seconds`).
+UNTIL_TIME_IS_UP = 10 ** 6
+
+
 @dataclasses.dataclass
 class Plan:
     """What `train` derives from a resolved configuration and the data."""
@@ -26,7 +30,15 @@ class Plan:
 
     @property
     def total_steps(self):
+        """The steps of all epochs; None when training runs until the time is up."""
+        if self.config.epochs is None:
+            return None
         return self.config.epochs * self.steps_per_epoch
+
+    @property
+    def epochs(self):
+        """The `epochs` of `fit`: the configuration's, or `UNTIL_TIME_IS_UP` without one."""
+        return UNTIL_TIME_IS_UP if self.config.epochs is None else self.config.epochs
 
 
 def squeezes(config):

@@ -1,9 +1,10 @@
 """The configuration of a training run: `TrainConfig` (the flags of train.py), presets -> config,
 and the checks of the options' values.
 
-`resolve_config(TrainConfig(...))` fills every `None` from the preset (`preset="auto"`: the
-one named like the dataset), then from `DEFAULTS`, and raises `ValueError` naming the first
-invalid option. The choices of an option are imported from the module that defines them.
+`resolve_config(TrainConfig(...))` fills every `None` from the recipe and the preset
+(`preset="auto"`: the one named like the dataset), then from `DEFAULTS`, and raises
+`ValueError` naming the first invalid option (`resolve_config` says in which order). The
+choices of an option are imported from the module that defines them.
 """
 
 import dataclasses
@@ -26,9 +27,32 @@ from keras_flow.training.runtime import POLICIES
 
 MODELS = {"glow": (Glow, GLOW_PRESETS), "realnvp": (RealNVP, REALNVP_PRESETS)}
 DEFAULTS = dict(n_bits=8, batch_size=64, lr=1e-3, epochs=10, warmup="1epoch", ema=0.0,
-                optimizer="adamax", augment="none")
+                optimizer="adamax", augment="none", budget_decay=False, mixed_precision="off")
+# `--recipe`: `time-budget` trains with TIME_BUDGET_RECIPE, `openai` with openai/glow's
+# settings (the presets' and DEFAULTS), `auto` picks time-budget when --max-seconds is given.
+RECIPES = ("auto", "time-budget", "openai")
+# The settings that measured best against a time budget: BENCHMARKS.md, "Quality against a
+# time budget" (Fashion-MNIST, Glow W2, 600 s: 2.73 test bits/dim). `mixed_precision` only
+# where bf16 is native (`runtime.native_bfloat16`); `zero_log_scale_factor` for Glow only.
+TIME_BUDGET_RECIPE = dict(optimizer="adam", lr=1.5e-3, warmup="200", beta_2=0.99,
+                          clip_norm=100.0, budget_decay=True, mixed_precision="bf16",
+                          zero_log_scale_factor=1.0)
+# A preset's own optimisation (the RealNVP presets: the RealNVP code's Adam), kept under the
+# time-budget recipe when the preset names its optimizer.
+PRESET_OPTIMISATION = ("optimizer", "lr", "warmup", "beta_2", "clip_norm")
 GLOW_ONLY = ("depth", "permutation", "coupling", "lu", "learn_top", "remat",
              "zero_log_scale_factor", "split_prior")
+
+
+def _summary(values):
+    """`values` as flags, e.g. `--lr 0.0015, --budget-decay` (the recipe's help)."""
+    flags = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if value is not True:
+            flag += f" {value:g}" if isinstance(value, float) else f" {value}"
+        flags.append(flag)
+    return ", ".join(flags)
 
 
 def _option(default, help, **metadata):
@@ -55,6 +79,10 @@ class TrainConfig:
     model: str = _option("glow", "flow architecture", choices=tuple(MODELS))
     preset: str = _option("auto", "named configuration (models/presets.py), 'auto' for the "
                           "one named like the dataset if any, or 'none'")
+    recipe: str = _option("auto", "optimisation settings: time-budget (" + _summary(
+        TIME_BUDGET_RECIPE) + "; bf16 only where native; docs/time-budget.md), openai "
+        "(openai/glow's, and the preset's), auto: time-budget with --max-seconds, else openai; "
+        "explicit flags always win", choices=RECIPES)
     levels: int = _option(None, "number of scales L (default: preset, else 3 / RealNVP 4)")
     depth: int = _option(None, "Glow: steps of flow per level K (default: preset, else 32)")
     hidden_width: int = _option(None, "coupling network width (default: preset, else 512 / "
@@ -92,9 +120,11 @@ class TrainConfig:
                           "(default: preset, else 1epoch; 0: none)")
     lr_decay_steps: int = _option(None, "cosine decay of the learning rate to 0 over this many "
                                   "steps after the warm-up (default: off, constant)")
-    budget_decay: bool = _option(False, "cosine decay of the learning rate to 0 at "
-                                 "--max-seconds of training (the time budget) instead of over "
-                                 "steps; needs --max-seconds")
+    budget_decay: bool = _option(None, "cosine decay of the learning rate to 0 at "
+                                 "--max-seconds of training (the time budget), or at the last "
+                                 "epoch if that comes first, instead of over steps; needs "
+                                 "--max-seconds (default: on with the time-budget recipe, "
+                                 "else off)")
     clip_norm: float = _option(None, "clip gradients to this global norm (default: preset, "
                                "else off)")
     beta_2: float = _option(None, "the optimizer's second-moment decay (default: adam 0.999, "
@@ -103,7 +133,8 @@ class TrainConfig:
                          "used for evaluation, samples and the saved model (default: preset, "
                          "else 0: off)")
     batch_size: int = _option(None, "global batch size (default: preset, else 64)")
-    epochs: int = _option(None, "training epochs (default: preset, else 10)")
+    epochs: int = _option(None, "training epochs (default: with --max-seconds none, training "
+                          "runs until the time is up; else preset, else 10)")
     steps_per_epoch: int = _option(None, "steps per epoch (default: preset, else one pass "
                                    "over the training split)")
     steps_per_execution: int = _option(
@@ -123,8 +154,11 @@ class TrainConfig:
                               "finished run (deletes that run's files; other files stay)")
     checkpoint_every: int = _option(500, "steps between checkpoints (also at every epoch "
                                     "end; 0: epoch ends only)")
-    mixed_precision: str = _option("off", "off: float32; bf16 / fp16: mixed precision "
-                                   "(fp16 with loss scaling)", choices=tuple(POLICIES))
+    mixed_precision: str = _option(None, "off: float32; bf16 / fp16: mixed precision "
+                                   "(fp16 with loss scaling) (default: bf16 under the "
+                                   "time-budget recipe on a GPU or a CPU with AMX or "
+                                   "AVX512-BF16, else off)",
+                                   choices=tuple(POLICIES))
     jit: str = _option("auto", "XLA compilation of the training step (auto: Keras decides; "
                        "off on CPU)", choices=tuple(JIT))
     strategy: str = _option("default", "tf.distribute strategy: default (one device), "
@@ -146,14 +180,34 @@ class TrainConfig:
     verbose: int = _option(1, "0: quiet; 1: progress bar and messages; 2: one line per epoch")
 
 
-def resolve_config(config):
-    """`config` with every `None` filled from the preset, then the general defaults; checks it."""
+def resolve_config(config, saved=None):
+    """`config` with every `None` filled, then checked. An option given (not None) always
+    stays; the others come from, first to last:
+
+    1. the recipe's values (`recipe_values`: `TIME_BUDGET_RECIPE` under the time-budget
+       recipe, none under openai's), except the `PRESET_OPTIMISATION` of a preset that names
+       its optimizer (the RealNVP presets keep the RealNVP code's Adam, rate and clip);
+    2. the preset's values;
+    3. `DEFAULTS`.
+
+    The clock is the budget: with `max_seconds` and no `epochs`, neither the preset's epochs
+    nor the default 10 apply, and `epochs` stays None (training runs until the time is up).
+
+    `saved`: the config.json of the run folder `config.out` names, if any; under
+    `recipe="auto"` a run resumes with the recipe it was started with (`resolve_recipe`).
+    """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"train() needs a TrainConfig; got {type(config).__name__}.")
     _check_choices(config)
     values = dataclasses.asdict(config)
     values["preset"], preset = preset_values(config)
-    for key, value in {**DEFAULTS, **preset}.items():
+    values["recipe"] = resolve_recipe(config, saved)
+    recipe = recipe_values(values["recipe"], config, preset)
+    defaults = dict(DEFAULTS)
+    if config.max_seconds is not None:  # the clock is the budget
+        preset.pop("epochs", None)
+        defaults.pop("epochs")
+    for key, value in {**defaults, **preset, **recipe}.items():
         if values.get(key) is None:
             values[key] = value
     values["temperatures"] = tuple(float(t) for t in values["temperatures"])
@@ -161,6 +215,60 @@ def resolve_config(config):
     resolved = TrainConfig(**values)
     _check_values(resolved)
     return resolved
+
+
+def resolve_recipe(config, saved=None):
+    """The recipe `config` trains with: `"time-budget"` or `"openai"`. `"auto"` is the recipe
+    of the run in `saved` (its config.json, unless `config.overwrite`; a config.json from
+    before recipes means openai), else time-budget with `max_seconds`, else openai."""
+    if config.recipe != "auto":
+        if config.recipe == "time-budget" and config.max_seconds is None:
+            raise ValueError("The time-budget recipe needs the budget: give --max-seconds "
+                             "(or --recipe openai).")
+        return config.recipe
+    if saved is not None and not config.overwrite:
+        return saved.get("recipe", "openai")
+    return "time-budget" if config.max_seconds is not None else "openai"
+
+
+def recipe_values(recipe, config, preset=None):
+    """The values `recipe` fills in (under the flags and before the preset's): the
+    `TIME_BUDGET_RECIPE` for `"time-budget"`, without what a preset with its own optimizer
+    keeps (`PRESET_OPTIMISATION`) or what the model lacks, and with bf16 only where it is
+    native (`runtime.native_bfloat16`); `{}` for `"openai"`."""
+    if recipe != "time-budget":
+        return {}
+    values = dict(TIME_BUDGET_RECIPE)
+    if preset and "optimizer" in preset:
+        for key in PRESET_OPTIMISATION:
+            values.pop(key, None)
+    if config.model != "glow":
+        values = {key: value for key, value in values.items() if key not in GLOW_ONLY}
+    if config.lr_decay_steps is not None or config.strategy == "multi-worker":
+        values.pop("budget_decay")  # a decay over steps given, or clocks that differ
+    if config.mixed_precision is None and values.get("mixed_precision") == "bf16":
+        from keras_flow.training.runtime import native_bfloat16
+
+        if not native_bfloat16(config.strategy)[0]:
+            values["mixed_precision"] = "off"
+    return values
+
+
+def recipe_line(config):
+    """One line for the start message: the recipe, the precision and why."""
+    from keras_flow.training.runtime import native_bfloat16
+
+    if config.recipe == "time-budget":
+        recipe = "time-budget (docs/time-budget.md; --recipe openai for openai/glow's settings)"
+    else:
+        recipe = "openai (openai/glow's settings and the preset's)"
+    precision = {"off": "float32", "bf16": "mixed bfloat16", "fp16": "mixed float16"}[
+        config.mixed_precision]
+    if config.recipe == "time-budget":
+        native, where = native_bfloat16(config.strategy)
+        precision += f" ({where} {'runs' if native else 'does not run'} bf16 natively)"
+    return (f"Recipe: {recipe}; {config.optimizer} at lr {config.lr:g}, warm-up "
+            f"{config.warmup}; precision: {precision}.")
 
 
 _CONFIG_NAMES = {"learning_rate": "lr", "lu_decomposed": "lu"}

@@ -8,6 +8,7 @@ from keras_flow import files
 from keras_flow.optimizers import loss_scale
 from keras_flow.optimizers import optimizer_steps
 from keras_flow.training.config import say
+from keras_flow.training.loop import stopped_by
 
 
 def use_final_weights(model, keep_best):
@@ -43,15 +44,25 @@ def write_metrics(model, metrics, plan, fitted, state, seconds, restored_best, e
         resumed=state is not None,
         resumed_from_step=None if state is None else state["step"],
         time_limit_reached=fitted.time_limit.reached,
+        stopped_by=stopped_by(fitted, plan),
         best_weights=restored_best,
         best_epoch=fitted.keep_best.record and fitted.keep_best.record["epoch"],
         exported=exported,
     )
     files.write_json(out / "metrics.json", metrics)
+    say(plan.config, _stop_line(plan.config, metrics))
     say(plan.config, f"Test bits/dim: {_format(metrics['test_bits_per_dim'])} "
                      f"(validation {_format(metrics['validation_bits_per_dim'])}, train "
                      f"{_format(metrics['train_bits_per_dim'])}); outputs in {out}")
     return dict(metrics, out=str(out))
+
+
+def _stop_line(config, metrics):
+    where = f"at step {metrics['steps']} (epoch {metrics['epochs']:g})"
+    if metrics["stopped_by"] == "time":
+        return f"Stopped by the clock: the {config.max_seconds:g} s limit, {where}."
+    limit = "" if config.max_seconds is None else f", before the {config.max_seconds:g} s limit"
+    return f"Stopped by the epochs: {config.epochs} done{limit}, {where}."
 
 
 def evaluate(model, data):

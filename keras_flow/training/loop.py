@@ -12,6 +12,7 @@ from keras_flow import callbacks as flow_callbacks
 from keras_flow import distribute
 from keras_flow import files
 from keras_flow import interrupts
+from keras_flow.training.config import recipe_line
 
 
 @dataclasses.dataclass
@@ -56,12 +57,20 @@ def make_callbacks(model, data, plan, initial_step, interrupt=None):
         checkpoint=functools.partial(last_checkpoint_note, checkpoint))
     stop = [] if interrupt is None else [interrupts.StopOnInterrupt(
         interrupt, checkpoint.save, functools.partial(interrupted_message, plan))]
-    budget = [flow_callbacks.SpendBudget(config.max_seconds, time_limit.elapsed)
+    # the schedule ends where training ends: at the time limit or the last step, whichever
+    # comes first
+    progress = None if plan.total_steps is None else functools.partial(
+        _share_of_steps, counter, plan.total_steps)
+    budget = [flow_callbacks.SpendBudget(config.max_seconds, time_limit.elapsed, progress)
               ] if config.budget_decay else []
     callbacks = [flow_callbacks.KeepTrainingWeights(), counter, time_limit, *budget, guard,
                  *stop, checkpoint, held_out, keep_best, samples, history, tensorboard,
                  distribute.ActnormCheck()]
     return callbacks, Fitted(counter, keep_best, time_limit)
+
+
+def _share_of_steps(counter, total_steps):
+    return counter.step / total_steps
 
 
 def divergence_advice(config):
@@ -94,7 +103,7 @@ def last_checkpoint_note(checkpoint, loss_finite):
 
 def interrupted_message(plan):
     state = files.read_json(plan.out / "checkpoints" / flow_callbacks.CHECKPOINT_STATE)
-    return (f"Interrupted at step {state['step']} of {plan.total_steps}: checkpoint saved in "
+    return (f"Interrupted at step {state['step']}{_of_total(plan)}: checkpoint saved in "
             f"{plan.out / 'checkpoints'} ({state['weights']}). Rerun the same command to "
             "resume from it.")
 
@@ -113,24 +122,47 @@ def fit(model, data, plan, state, callbacks, fitted):
                   steps_per_epoch=plan.steps_per_epoch - batch, verbose=verbose,
                   shuffle=False)
         epoch += 1
-    if epoch < plan.config.epochs and not fitted.time_limit.reached:
-        model.fit(train, initial_epoch=epoch, epochs=plan.config.epochs, callbacks=callbacks,
+    if epoch < plan.epochs and not fitted.time_limit.reached:
+        model.fit(train, initial_epoch=epoch, epochs=plan.epochs, callbacks=callbacks,
                   steps_per_epoch=plan.steps_per_epoch, verbose=verbose, shuffle=False)
     fitted.seconds = time.monotonic() - started
     return fitted
 
 
 def start_message(plan, state, replicas=1):
+    """Where the run writes, its recipe and precision (`recipe_line`), and how long it
+    trains."""
     config = plan.config
-    where = f"Output folder: {plan.out}"
+    where = f"Output folder: {plan.out}\n{recipe_line(config)}"
     if state is None:
         batch = f"batch {config.batch_size}"
         if replicas > 1:
             batch += f" over {replicas} replicas, {config.batch_size / replicas:g} each"
-        return (f"{where}\nTraining {config.model} for {config.epochs} epochs of "
+        return (f"{where}\nTraining {config.model} {_length(config)}, in epochs of "
                 f"{plan.steps_per_epoch} steps ({batch}).")
     epoch, batch = divmod(state["step"], plan.steps_per_epoch)
     if state["finished"]:
         return f"{where}\nTraining already finished at step {state['step']}; writing outputs."
-    return (f"{where}\nResumed from checkpoint at step {state['step']} of {plan.total_steps}: "
+    return (f"{where}\nResumed from checkpoint at step {state['step']}{_of_total(plan)}: "
             f"epoch {epoch + 1}, step {batch} of {plan.steps_per_epoch} within it.")
+
+
+def _length(config):
+    if config.max_seconds is None:
+        return f"for {config.epochs} epochs"
+    if config.epochs is None:
+        return f"until {config.max_seconds:g} s are up (no --epochs)"
+    return f"for {config.epochs} epochs or {config.max_seconds:g} s, whichever ends first"
+
+
+def _of_total(plan):
+    return "" if plan.total_steps is None else f" of {plan.total_steps}"
+
+
+def stopped_by(fitted, plan):
+    """What ended training: `"time"` (the `max_seconds` limit) or `"epochs"` (also for a run
+    resumed after it had finished, from its step count)."""
+    if fitted.time_limit.reached:
+        return "time"
+    finished_epochs = plan.total_steps is not None and fitted.counter.step >= plan.total_steps
+    return "epochs" if finished_epochs else "time"

@@ -26,7 +26,8 @@ RECOVERY_CHANGES = ("lr", "clip_norm")
 # What a run writes in its folder; `overwrite` deletes these, and nothing else.
 # Options added since keras_flow 0.1.0, with the value a config.json without them meant, so
 # that a run folder written by 0.1.0 still resumes.
-ADDED_OPTIONS = {"augment": "none"}
+# `recipe`: a run folder from before recipes trained with openai/glow's settings.
+ADDED_OPTIONS = {"augment": "none", "recipe": "openai"}
 RUN_FILES = ("config.json", "checkpoints", "samples", "tensorboard", "export", "model.keras",
              "metrics.json", "history.json", "best.json", "best.weights.npz",
              "bits_per_dim.png", "samples_T*.png", "typicality.json")
@@ -45,6 +46,14 @@ class RunFolder:
     def checkpoints(self):
         """The checkpoints every process resumes from: the chief's."""
         return self.shared / "checkpoints"
+
+
+def saved_config(config):
+    """The config.json in the folder `config.out` names (a run to resume), else None."""
+    if config.out is None:
+        return None
+    saved = files.read_json(Path(config.out) / "config.json")
+    return saved if isinstance(saved, dict) else None
 
 
 def open_run_folder(config, strategy):

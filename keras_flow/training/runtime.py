@@ -67,6 +67,20 @@ def warn_about_precision(config):
     return message
 
 
+def native_bfloat16(strategy="default"):
+    """`(native, where)`: whether mixed bfloat16 runs natively for `strategy` here (a TPU, a
+    GPU, or a CPU with AMX / AVX512-BF16, `keras_flow.cpu_features`), and on what, in words.
+    A CPU whose features are unknown counts as not native."""
+    if strategy == "tpu":
+        return True, "the TPU"
+    if cpu_threads.has_gpu():
+        return True, "the GPU"
+    native = cpu_features.native_bfloat16()
+    if native is None:
+        return False, "this CPU (features unknown)"
+    return native, "this CPU"
+
+
 def resolve_batch_shards(config, data, cores):
     """`config` with automatic batch shards (0) resolved for `data`'s image size and the
     `cores` that `start_threads` returned (`keras_flow.cpu_threads.auto_batch_shards`)."""
