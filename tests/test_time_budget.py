@@ -218,8 +218,10 @@ def test_the_openai_recipe_trains_as_before_seed_for_seed(tmp_path):
         warmup="1epoch", budget_decay=False, mixed_precision="off", clip_norm=0.0,
         beta_2=1 - 1 / 4, zero_log_scale_factor=3.0))
     assert explicit["test_bits_per_dim"] == openai["test_bits_per_dim"]
+    # (rel 2e-5: in the full suite, earlier tests' TensorFlow thread settings change the order
+    # of float32 sums, 4e-6 here; a changed option moves the sum far more)
     assert _weights_sum(tmp_path / "openai") == pytest.approx(TINY_BEFORE["weights_sum"],
-                                                              rel=1e-6)
+                                                              rel=2e-5)
     assert json.loads((tmp_path / "explicit" / "config.json").read_text())["recipe"] == (
         "time-budget")
     assert _weights_sum(tmp_path / "explicit") == _weights_sum(tmp_path / "openai")
