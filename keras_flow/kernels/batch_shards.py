@@ -40,12 +40,16 @@ def dynamic_shard_bounds(batch, shards):
 
 
 def map_shards(fn, tensors, labels, bounds):
-    """`[fn(tensors, labels)]` for one shard (`bounds` of length 2), else `fn` of each shard's
-    rows of `tensors` (same batch axis) and `labels`."""
+    """`fn(tensors, labels, shared)` of the whole batch (`bounds` of length 2; `shared` None),
+    or of each shard's rows of `tensors` (same batch axis) and `labels`, with one
+    `SharedDerivations` for all shards, the shards' outputs joined along the batch."""
     if len(bounds) <= 2:
-        return [fn(tensors, labels)]
-    return [run_on_rows(fn, tensors, labels, start, stop)
-            for start, stop in zip(bounds[:-1], bounds[1:])]
+        return fn(tensors, labels, None)
+    shared = SharedDerivations()
+    shards = [run_on_rows(lambda rows, row_labels: fn(rows, row_labels, shared), tensors, labels,
+                          start, stop)
+              for start, stop in zip(bounds[:-1], bounds[1:])]
+    return keras.tree.map_structure(lambda *parts: ops.concatenate(parts, axis=0), *shards)
 
 
 def run_on_rows(fn, tensors, labels, start, stop):
@@ -61,13 +65,6 @@ def run_on_rows(fn, tensors, labels, start, stop):
     if static:
         return outputs
     return keras.tree.map_structure(lambda tensor: tensor[:stop - start], outputs)
-
-
-def concatenate_shards(shards):
-    """The per-shard outputs (equal structures of per-row tensors) joined along the batch."""
-    if len(shards) == 1:
-        return shards[0]
-    return keras.tree.map_structure(lambda *parts: ops.concatenate(parts, axis=0), *shards)
 
 
 class SharedDerivations:

@@ -210,14 +210,11 @@ class FlowModel(FloatFlowPath, keras.Model):
     def encode_with_top(self, images, labels=None, training=None, initialize=False):
         """`encode_batch` of the whole batch, or of its `batch_shards` slices concatenated;
         `initialize=True` runs the data-dependent initialisation (see `initialize`)."""
-        bounds = self.shard_bounds(images, training, initialize)
-        shared = batch_shards.SharedDerivations() if len(bounds) > 2 else None
-        shards = batch_shards.map_shards(
-            lambda tensors, shard_labels: self.encode_batch(
+        return batch_shards.map_shards(
+            lambda tensors, shard_labels, shared: self.encode_batch(
                 tensors[0], shard_labels, training=training, initialize=initialize,
                 shared=shared),
-            [images], labels, bounds)
-        return batch_shards.concatenate_shards(shards)
+            [images], labels, self.shard_bounds(images, training, initialize))
 
     def decode(self, eps_list, labels=None):
         """Standardised latents -> images, the exact inverse of `encode`; `decode_batch` of
@@ -244,12 +241,10 @@ class FlowModel(FloatFlowPath, keras.Model):
                     f"{self.latent_shapes} after the batch axis. Use encode()'s outputs, or "
                     "latent_noise(n) for new ones.")
         check_not_empty(tuple(eps_list[0].shape), "latents")
-        bounds = self.shard_bounds(eps_list[0])
-        shared = batch_shards.SharedDerivations() if len(bounds) > 2 else None
-        shards = batch_shards.map_shards(
-            lambda tensors, shard_labels: self.decode_batch(tensors, shard_labels, shared=shared),
-            list(eps_list), labels, bounds)
-        return batch_shards.concatenate_shards(shards)
+        return batch_shards.map_shards(
+            lambda tensors, shard_labels, shared: self.decode_batch(tensors, shard_labels,
+                                                                    shared=shared),
+            list(eps_list), labels, self.shard_bounds(eps_list[0]))
 
     def shard_bounds(self, images, training=None, initialize=False):
         """Batch indices of the shards `images` runs as (`keras_flow.kernels.batch_shards`):
