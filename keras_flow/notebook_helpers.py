@@ -18,8 +18,9 @@ JSON-serialisable history:
     reconstruction_error  max |decode(encode(x)) - x| on one test batch after training
 
 `mean_history` averages the runs of one configuration over seeds, `summary_table` turns a
-few histories into a Markdown table, `plot_curves` draws the
-bits/dim curves against steps or seconds, and `show_images` draws an image grid. For the
+few histories into a Markdown table, `plot_curves` draws the bits/dim curves against steps
+or seconds (`plot_permutations`: Glow's Figure 3 layout of them), and `show_images` draws an
+image grid. For the
 exploration notebook: `bits_per_dim_breakdown` (each level's share of the bits/dim),
 `interpolate_latents` and `reconstruction_error`. TensorFlow backend (`keras_flow.data`).
 """
@@ -48,14 +49,14 @@ SUMMARY_COLUMNS = (  # (history key, title, format); "<key>_std" adds "± std" o
 
 
 def train_variant(config, data, steps, eval_every, seed=0, learning_rate=1e-3,
-                  init_size=256, test_batches=None, model_class=Glow):
+                  init_size=256, test_batches=None, model_class=Glow, optimizer=None):
     """Trains `model_class(**config, seed=seed)` for `steps` steps and records its curves.
 
     Each call loads its own pipeline, `keras_flow.data.load(**data, levels=..., seed=seed)`,
     so every variant trained with the same `data` and `seed` sees the same batches in the same
     order with the same noise; `keras.utils.set_random_seed(seed)` makes the initial weights
     the same too. The model is initialised (actnorm) on `init_size` training images and
-    trained with Adam.
+    trained with `optimizer` (default: Adam at `learning_rate`).
 
     Args:
         config: constructor arguments of the model, e.g. `dict(levels=2, depth=8,
@@ -66,10 +67,13 @@ def train_variant(config, data, steps, eval_every, seed=0, learning_rate=1e-3,
         steps: training steps, a multiple of `eval_every`.
         eval_every: steps between two evaluations on the test split.
         seed: seeds the weights, the model's permutations, the shuffle and the noise.
-        learning_rate: Adam's learning rate.
+        learning_rate: Adam's learning rate (when `optimizer` is None).
         init_size: images for the data-dependent initialisation.
         test_batches: evaluate on the first `test_batches` test batches only (None: all).
         model_class: `keras_flow.Glow` (default) or `keras_flow.RealNVP`.
+        optimizer: a new Keras optimizer for this run, e.g. openai/glow's Adamax with its
+            warm-up, `keras_flow.optimizers.make_optimizer("adamax", 1e-3, warmup_steps=200,
+            steps_per_epoch=938)`; None: `keras.optimizers.Adam(learning_rate)`.
 
     Returns:
         `(model, history)`: the trained model and the history dict described in the module
@@ -90,7 +94,7 @@ def train_variant(config, data, steps, eval_every, seed=0, learning_rate=1e-3,
             f"({num_bins} bins); drop num_bins from config, train_variant sets it.")
     model = model_class(**{**config, "num_bins": num_bins}, seed=seed)
     model.initialize(flow.init_batch(min(init_size, flow.num_train)))
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    model.compile(optimizer=optimizer or keras.optimizers.Adam(learning_rate))
     curves = CurveRecorder(eval_every)
     model.fit(flow.train.repeat(), steps_per_epoch=eval_every, epochs=steps // eval_every,
               validation_data=test, callbacks=[curves], verbose=0)
@@ -303,6 +307,34 @@ def plot_curves(histories, x="steps", ax=None, colors=None, train=True):
     ax.set_ylabel("bits/dim")
     ax.grid(alpha=0.3)
     return ax
+
+
+PERMUTATION_COLORS = {"reverse": "tab:blue", "shuffle": "tab:orange", "conv1x1": "tab:green"}
+
+
+def plot_permutations(histories, xs=("steps", "seconds")):
+    """Glow's Figure 3 layout: one row per coupling, one column per x axis (`plot_curves`),
+    for histories named `"PERMUTATION / COUPLING"` (the permutation notebook's and
+    `benchmarks/permutations_fashion_mnist.py`'s). The first evaluation, far above the rest,
+    is left out of the y range. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    couplings = sorted({name.split(" / ")[1] for name in histories})
+    fig, axes = plt.subplots(len(couplings), len(xs), figsize=(6.5 * len(xs), 4.5 * len(couplings)),
+                             sharey=True, squeeze=False)
+    for row, coupling in enumerate(couplings):
+        subset = {name: h for name, h in histories.items() if name.endswith(" / " + coupling)}
+        colors = {name: PERMUTATION_COLORS.get(name.split(" / ")[0]) for name in subset}
+        for col, x in enumerate(xs):
+            ax = plot_curves(subset, x=x, ax=axes[row, col], colors=colors)
+            ax.set_title(f"{coupling} coupling, against {x}")
+            ax.legend(fontsize=8)
+    later = [v for h in histories.values() for key in ("train_bpd", "test_bpd")
+             for v in h[key][1:]]
+    if later:
+        axes[0, 0].set_ylim(min(later) - 0.05, max(later) + 0.05)
+    fig.tight_layout()
+    return fig
 
 
 def show_images(images, ax=None, title=None, columns=None, n_bits=8):
