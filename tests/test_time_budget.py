@@ -14,6 +14,7 @@ from keras_flow import cpu_features
 from keras_flow import cpu_threads
 from keras_flow import training
 from keras_flow.optimizers import make_optimizer
+from keras_flow.training import config as training_config
 from keras_flow.training.config import PRESET_OPTIMISATION
 from keras_flow.training.config import TIME_BUDGET_RECIPE
 from keras_flow.training.run_folder import _config_differences
@@ -33,7 +34,8 @@ DIGITS_BEFORE = {
     "max_seconds": None, "init_batch_size": 256, "out": None, "overwrite": False,
     "checkpoint_every": 500, "mixed_precision": "off", "jit": "auto", "strategy": "default",
     "cpu_devices": None, "batch_shards": 0, "validation_fraction": 0.1,
-    "temperatures": (0.0, 0.5, 0.7, 0.8, 1.0), "num_samples": 64, "verbose": 1}
+    "temperatures": (0.0, 0.5, 0.7, 0.8, 1.0), "num_samples": 64, "verbose": 1,
+    "test_every_epoch": True}  # an option added since, resolving to what runs did then
 # ...and of `TrainConfig(dataset="npz:x.npz")` (no preset): the general defaults.
 NO_PRESET_BEFORE = dict(
     DIGITS_BEFORE, dataset="npz:x.npz", preset="none", levels=None, depth=None,
@@ -155,12 +157,15 @@ def test_a_run_folder_from_before_recipes_resumes_with_the_openai_settings(bf16,
 
 # --- the clock is the budget ---------------------------------------------------------------
 
-def test_without_epochs_training_runs_until_the_time_is_up(tmp_path, capsys, bf16):
+def test_without_epochs_training_runs_until_the_time_is_up(tmp_path, capsys, bf16,
+                                                          monkeypatch):
+    # a default of 2 epochs (not 10), so that passing it shows even on a loaded machine
+    monkeypatch.setitem(training_config.DEFAULTS, "epochs", 2)
     metrics = training.train(_tiny_config(
-        tmp_path, epochs=None, steps_per_epoch=1, max_seconds=8.0, checkpoint_every=0,
-        validation_fraction=0.0, verbose=2))
+        tmp_path, epochs=None, preset="none", steps_per_epoch=1, max_seconds=8.0,
+        checkpoint_every=0, validation_fraction=0.0, verbose=2))
     assert metrics["stopped_by"] == "time" and metrics["time_limit_reached"]
-    assert metrics["epochs"] > 10  # not the default 10, nor the digits preset's 12
+    assert metrics["epochs"] > 2  # not the default number of epochs
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["stopped_by"] == "time"
     out = capsys.readouterr().out
@@ -175,6 +180,19 @@ def test_with_epochs_first_the_epochs_end_it_and_say_so(tmp_path, capsys, bf16):
     out = capsys.readouterr().out
     assert "for 2 epochs or 600 s, whichever ends first" in out
     assert "Stopped by the epochs: 2 done, before the 600 s limit" in out
+
+
+def test_the_recipe_evaluates_the_test_set_once_at_the_end(tmp_path, bf16):
+    """Under the time-budget recipe the epochs end with the validation bits/dim only; the
+    test set is evaluated after training. The openai recipe evaluates it every epoch."""
+    for recipe, folder in (("time-budget", tmp_path / "budget"), ("openai", tmp_path / "openai")):
+        metrics = training.train(_tiny_config(folder, epochs=2, max_seconds=600.0,
+                                              recipe=recipe, verbose=0))
+        history = json.loads((folder / "history.json").read_text())
+        per_epoch = ["test_bits_per_dim" in record for record in history]
+        assert per_epoch == ([False, False] if recipe == "time-budget" else [True, True])
+        assert all("val_bits_per_dim" in record for record in history)
+        assert np.isfinite(metrics["test_bits_per_dim"])
 
 
 def test_the_budget_decay_ends_where_the_steps_end():

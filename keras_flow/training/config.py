@@ -27,16 +27,18 @@ from keras_flow.training.runtime import POLICIES
 
 MODELS = {"glow": (Glow, GLOW_PRESETS), "realnvp": (RealNVP, REALNVP_PRESETS)}
 DEFAULTS = dict(n_bits=8, batch_size=64, lr=1e-3, epochs=10, warmup="1epoch", ema=0.0,
-                optimizer="adamax", augment="none", budget_decay=False, mixed_precision="off")
+                optimizer="adamax", augment="none", budget_decay=False, mixed_precision="off",
+                test_every_epoch=True)
 # `--recipe`: `time-budget` trains with TIME_BUDGET_RECIPE, `openai` with openai/glow's
 # settings (the presets' and DEFAULTS), `auto` picks time-budget when --max-seconds is given.
 RECIPES = ("auto", "time-budget", "openai")
 # The settings that measured best against a time budget: BENCHMARKS.md, "Quality against a
 # time budget" (Fashion-MNIST, Glow W2, 600 s: 2.73 test bits/dim). `mixed_precision` only
-# where bf16 is native (`runtime.native_bfloat16`); `zero_log_scale_factor` for Glow only.
+# where bf16 is native (`runtime.native_bfloat16`); `zero_log_scale_factor` for Glow only;
+# the test set evaluated once, at the end, to leave the budget to training.
 TIME_BUDGET_RECIPE = dict(optimizer="adam", lr=1.5e-3, warmup="200", beta_2=0.99,
                           clip_norm=100.0, budget_decay=True, mixed_precision="bf16",
-                          zero_log_scale_factor=1.0)
+                          zero_log_scale_factor=1.0, test_every_epoch=False)
 # A preset's own optimisation (the RealNVP presets: the RealNVP code's Adam), kept under the
 # time-budget recipe when the preset names its optimizer.
 PRESET_OPTIMISATION = ("optimizer", "lr", "warmup", "beta_2", "clip_norm")
@@ -48,8 +50,8 @@ def _summary(values):
     """`values` as flags, e.g. `--lr 0.0015, --budget-decay` (the recipe's help)."""
     flags = []
     for key, value in values.items():
-        flag = "--" + key.replace("_", "-")
-        if value is not True:
+        flag = "--" + ("no-" if value is False else "") + key.replace("_", "-")
+        if not isinstance(value, bool):
             flag += f" {value:g}" if isinstance(value, float) else f" {value}"
         flags.append(flag)
     return ", ".join(flags)
@@ -174,6 +176,9 @@ class TrainConfig:
                                 " 1: off")
     validation_fraction: float = _option(0.1, "fraction of the training data held out to "
                                          "pick the best weights (0: keep the last weights)")
+    test_every_epoch: bool = _option(None, "evaluate the test set at every epoch end (history, "
+                                     "TensorBoard) as well as at the end (default: on; off "
+                                     "under the time-budget recipe)")
     temperatures: tuple = _option((0.0, 0.5, 0.7, 0.8, 1.0), "sampling temperatures of the "
                                   "sample grids, comma-separated")
     num_samples: int = _option(64, "images per sample grid")

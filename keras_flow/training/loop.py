@@ -43,7 +43,8 @@ def make_callbacks(model, data, plan, initial_step, interrupt=None):
     counter = flow_callbacks.StepCounter(initial_step)
     time_limit = flow_callbacks.TimeLimit(config.max_seconds or math.inf)
     held_out = flow_callbacks.HeldOutBitsPerDim(
-        {"val_bits_per_dim": data.validation, "test_bits_per_dim": data.test})
+        {"val_bits_per_dim": data.validation,
+         "test_bits_per_dim": data.test if config.test_every_epoch else None})
     keep_best = flow_callbacks.KeepBest(out, counter)
     samples = flow_callbacks.SampleGrids(out / "samples", config.temperatures, config.n_bits,
                                          config.num_samples, out / "tensorboard", config.seed)

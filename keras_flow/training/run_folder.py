@@ -20,14 +20,14 @@ from keras_flow.callbacks import Checkpoint
 # Options that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("out", "epochs", "max_seconds", "checkpoint_every", "verbose", "overwrite",
                      "strategy", "cpu_devices", "jit", "remat", "batch_shards",
-                     "steps_per_execution")
+                     "steps_per_execution", "test_every_epoch")
 # ...and, when `out` names the folder, these too: to continue a run that diverged.
 RECOVERY_CHANGES = ("lr", "clip_norm")
 # What a run writes in its folder; `overwrite` deletes these, and nothing else.
 # Options added since keras_flow 0.1.0, with the value a config.json without them meant, so
 # that a run folder written by 0.1.0 still resumes.
 # `recipe`: a run folder from before recipes trained with openai/glow's settings.
-ADDED_OPTIONS = {"augment": "none", "recipe": "openai"}
+ADDED_OPTIONS = {"augment": "none", "recipe": "openai", "test_every_epoch": True}
 RUN_FILES = ("config.json", "checkpoints", "samples", "tensorboard", "export", "model.keras",
              "metrics.json", "history.json", "best.json", "best.weights.npz",
              "bits_per_dim.png", "samples_T*.png", "typicality.json")
