@@ -25,6 +25,9 @@ from tests.flow_checks import perturb_weights
 from tests.flow_checks import preprocessed_images
 from tests.scripts import load_script
 
+# one test process for the module (pytest-xdist): its module fixtures are built once
+pytestmark = pytest.mark.xdist_group("distribute")
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distribute_worker.py"
 ROUND_TIMEOUT = 240

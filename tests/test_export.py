@@ -19,6 +19,9 @@ from keras_flow import sample as sample_cli
 from keras_flow import saved_model
 from tests.models.model_checks import count_shards
 
+# one test process for the module (pytest-xdist): its module fixtures are built once
+pytestmark = pytest.mark.xdist_group("export")
+
 IMAGE_SHAPE = (8, 8, 1)
 
 

@@ -17,7 +17,8 @@ WORKER = ROOT / "tests" / "jax_worker.py"
 # The checks run small programs once each: compile them fast rather than well.
 FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
-pytestmark = [pytest.mark.jax, pytest.mark.subprocess]
+# one test process for the module (pytest-xdist): its module fixtures are built once
+pytestmark = [pytest.mark.xdist_group("jax_backend"), pytest.mark.jax, pytest.mark.subprocess]
 
 
 @pytest.fixture(scope="module")

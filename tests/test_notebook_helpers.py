@@ -11,6 +11,9 @@ from keras_flow import Glow
 from keras_flow import RealNVP
 from keras_flow import notebook_helpers
 
+# one test process for the module (pytest-xdist): its module fixtures are built once
+pytestmark = pytest.mark.xdist_group("notebook_helpers")
+
 
 @pytest.fixture(scope="module")
 def tiny_glow():

@@ -16,6 +16,9 @@ from keras_flow import scoring
 from keras_flow import typicality
 from tests.likelihood_model import tiny_glow
 
+# one test process for the likelihood tests (pytest-xdist): tiny_glow trains once
+pytestmark = pytest.mark.xdist_group("likelihood_model")
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

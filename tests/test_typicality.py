@@ -9,6 +9,9 @@ from keras_flow import scoring
 from keras_flow import typicality
 from tests.likelihood_model import tiny_glow
 
+# one test process for the likelihood tests (pytest-xdist): tiny_glow trains once
+pytestmark = pytest.mark.xdist_group("likelihood_model")
+
 FPR = 0.05
 
 
