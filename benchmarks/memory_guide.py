@@ -67,11 +67,14 @@ Kept for the backward pass, per image, per step of flow at h x w x c (hidden wid
   ReLU outputs 2m; affine coupling also x_b + shift (c/2) and, in float32, the log-scale
   terms (sigmoid input, clip input, exp output: 3 x c/2).
 - Glow split: the prior's conv input c/2 and, in float32, the standardisation (c); top prior c.
-- RealNVP coupling (ResNet with B blocks, batch norm in training mode keeps its input):
-  conv input (given channels), first hidden map m, 4 m per block (batch-norm input, ReLU
-  output, twice), last batch-norm ReLU output m; float32 tanh output, clip input, exp output
-  and x_b + shift (4 x changed channels); the batch-norm flow layer after it 2 c in float32
-  (input, centred input); the logit transform 3 c.
+- RealNVP coupling (the RealNVP code's ResNet with B blocks; batch norm in training mode
+  keeps its input): the input batch norm's input (g given channels) and the ReLU of
+  [r, -r] (2 g, plus the mask channel in checkerboard couplings: the first conv's input),
+  first hidden map m, 4 m per block (batch-norm input, ReLU output, twice), the skip sum m
+  and the output batch norm's ReLU output m (the 1x1 skip convs read maps already kept);
+  float32 tanh output, clip input, exp output and x_b + shift (4 x changed channels); the
+  batch-norm flow layer after it 2 c in float32 (input, centred input); the logit transform
+  3 c.
 - Backward transient: the gradients of one step's (coupling's) activations."""
 
 
@@ -150,8 +153,9 @@ def glow_activations(config, remat=False):
     return kept + largest_step * (2 if remat else 1)
 
 
-def realnvp_coupling(pixels, given, changed, width, blocks):
-    return Activations(compute=pixels * (given + width * (2 + 4 * blocks)),
+def realnvp_coupling(pixels, given, changed, width, blocks, mask):
+    network_input = 3 * given + (1 if mask else 0)  # BN input g; ReLU([r, -r(, mask)]) 2 g (+1)
+    return Activations(compute=pixels * (network_input + width * (3 + 4 * blocks)),
                        float32=pixels * 4 * changed)
 
 
@@ -164,7 +168,7 @@ def realnvp_activations(config):
     for scale in range(levels):
         hidden = config["hidden_width"] * 2 ** scale
         pixels = height * width
-        checker = realnvp_coupling(pixels, channels + 1, channels, hidden, blocks)
+        checker = realnvp_coupling(pixels, channels, channels, hidden, blocks, mask=True)
         batch_norm = Activations(float32=2 * pixels * channels)
         count = 4 if scale == levels - 1 else 3
         kept = kept + (checker + batch_norm) * count
@@ -174,7 +178,8 @@ def realnvp_activations(config):
         height, width, channels = height // 2, width // 2, channels * 4
         pixels = height * width
         half = channels // 2
-        channel = realnvp_coupling(pixels, half, channels - half, 2 * hidden, blocks)
+        channel = realnvp_coupling(pixels, half, channels - half, 2 * hidden, blocks,
+                                   mask=False)
         kept = kept + (channel + Activations(float32=2 * pixels * channels)) * 3
         largest = largest.max(channel)
         channels -= channels // 2
