@@ -238,6 +238,14 @@ PERMUTATIONS = [
         in `docs/permutations_fashion_mnist.json` (and `.png`); this cell reads them, so it
         costs nothing to run. `full_test` is each variant's bits/dim on all 10,000 test images
         at the end; the curves use the first 512 test images.
+
+        What it showed (600 steps, 0.64 epochs: early training): the paper's order,
+        1x1 < shuffle < reverse, in the means of both couplings, and the 1x1 convolution lowest
+        at every evaluation. Its lead over shuffle (0.28 bits/dim additive, 0.59 affine) is
+        about three seed standard deviations for additive couplings and 1.4 for affine ones
+        (one of the three affine 1x1 seeds stayed with the fixed orders); shuffle against
+        reverse is within the seeds' spread. Mixed bf16 made the reconstructions inexact
+        (`max |x - dec(enc(x))|` up to 0.11; float32 keeps them to about 1e-6).
         """),
     code("""
         recorded = Path(keras_flow.__file__).resolve().parents[1] / "docs" / "permutations_fashion_mnist.json"
