@@ -196,6 +196,37 @@ def test_keep_training_weights_undoes_fits_copy_of_the_averages():
             assert moved > 0 and all(np.array_equal(a, b) for a, b in zip(weights, averages))
 
 
+def test_sample_grids_trace_their_decoding_once_and_draw_what_eager_decoding_draws(tmp_path):
+    """`SampleGrids` decodes through one traced function for every epoch, and each grid is
+    the eager `write_sample_grids` of the weights at that epoch's end (pixels within one
+    level: the traced and the eager graph may round differently)."""
+    from keras_flow import Glow
+    from keras_flow.callbacks import SampleGrids
+    from keras_flow.callbacks import write_sample_grids
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 16, size=(16, 8, 8, 1)) / 16.0 - 0.5).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = Glow(levels=2, depth=2, hidden_width=8, num_bins=16, image_shape=(8, 8, 1))
+    model.initialize(x)
+    model.compile(optimizer=make_optimizer("adam", 1e-2))
+    grids = SampleGrids(tmp_path / "traced", (0.0, 0.7), n_bits=4, num_samples=4, seed=3)
+    eager = {}
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: eager.update(
+        {epoch: write_sample_grids(model, tmp_path / "eager", (0.0, 0.7), 4, 4, 3)}))
+    model.fit(x, batch_size=8, epochs=3, verbose=0, shuffle=False, callbacks=[grids, record])
+
+    assert grids._decode.experimental_get_tracing_count() == 1
+    from PIL import Image
+    for epoch in range(3):
+        for temperature in (0.0, 0.7):
+            path = tmp_path / "traced" / f"epoch_{epoch + 1:04d}_T{temperature:g}.png"
+            traced = np.asarray(Image.open(path)).astype(int)
+            difference = np.abs(traced - eager[epoch][temperature][..., 0].astype(int))
+            assert difference.max() <= 17  # one 4-bit level, in 8-bit pixels
+            assert difference.mean() < 0.5
+    assert not np.array_equal(eager[0][0.7], eager[2][0.7])  # the grids follow the weights
+
+
 def test_budget_decay_follows_the_clock_and_reaches_zero_when_time_is_up():
     """`BudgetCosineDecay` + `SpendBudget`: the traced training step reads the share of the
     budget that the callback sets, and a spent budget means a learning rate of 0."""
