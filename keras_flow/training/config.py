@@ -37,7 +37,7 @@ RECIPES = ("auto", "time-budget", "openai")
 # over three seeds). `mixed_precision` only
 # where bf16 is native (`runtime.native_bfloat16`); `zero_log_scale_factor` for Glow only;
 # the test set evaluated once, at the end, to leave the budget to training.
-TIME_BUDGET_RECIPE = dict(optimizer="adam", lr=1.5e-3, warmup="200", beta_2=0.99,
+TIME_BUDGET_RECIPE = dict(optimizer="adam", lr=2.2e-3, warmup="200", beta_2=0.99,
                           clip_norm=100.0, budget_decay=True, mixed_precision="bf16",
                           zero_log_scale_factor=1.0, test_every_epoch=False)
 # A preset's own optimisation (the RealNVP presets: the RealNVP code's Adam), kept under the
