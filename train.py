@@ -19,13 +19,6 @@ import sys
 PROG = "train.py"
 
 
-class _Parser(argparse.ArgumentParser):
-    """Errors are one line, `error: <message>`, with exit status 2 (no usage block)."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message}\n")
-
-
 def _temperatures(text):
     try:
         return tuple(float(t) for t in text.split(",") if t.strip())
@@ -43,9 +36,10 @@ _TYPES = {int: int, float: float, str: str, tuple: _temperatures}
 
 def build_parser():
     """The argument parser, generated from `TrainConfig`'s fields and their help texts."""
+    from keras_flow.cli import OneLineErrorParser
     from keras_flow.training import TrainConfig
 
-    parser = _Parser(prog=PROG, description=__doc__.split("\n")[0])
+    parser = OneLineErrorParser(prog=PROG, description=__doc__.split("\n")[0])
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         options = dict(default=field.default, help=_help(field))

@@ -8,26 +8,20 @@ export gets `--label K` for every sample, or labels 0, 1, 2, ... in turn. Invali
 with a one-line error and exit status 2.
 """
 
-import argparse
 import os
 import sys
 
 from keras_flow import files
+from keras_flow.cli import OneLineErrorParser
+from keras_flow.cli import one_line
 from keras_flow.image_grid import make_grid
 from keras_flow.image_grid import save_png
 
 PROG = "python -m keras_flow.sample"
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (no usage block) with exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def parse_args(argv=None):
-    parser = _Parser(prog=PROG, description=__doc__.split("\n")[0])
+    parser = OneLineErrorParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("export_dir", help="directory written by keras_flow.export")
     parser.add_argument("--num", type=int, default=64, help="number of samples (64)")
     parser.add_argument("--temperature", type=float, default=0.7,
@@ -110,12 +104,6 @@ def main(argv=None):
     save_png(grid, args.out)
     print(f"wrote {args.out}: {len(images)} samples, grid {grid.shape[1]}x{grid.shape[0]} px")
     return 0
-
-
-def one_line(error):
-    """The informative line of an error (TensorFlow's start with "Graph execution error:")."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [repr(error)]
-    return next((line for line in lines if "assertion failed" in line), lines[0])
 
 
 if __name__ == "__main__":

@@ -23,16 +23,10 @@ import os
 import sys
 
 from keras_flow import files
-from keras_flow.sample import one_line
+from keras_flow.cli import OneLineErrorParser
+from keras_flow.cli import one_line
 
 PROG = "python -m keras_flow.score"
-
-
-class _Parser(argparse.ArgumentParser):
-    """Errors are one line, `error: <message>`, with exit status 2 (as train.py's)."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message}\n")
 
 
 def _sizes(text):
@@ -48,7 +42,7 @@ def _sizes(text):
 
 
 def build_parser():
-    parser = _Parser(prog=PROG, description=__doc__.split("\n")[0])
+    parser = OneLineErrorParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("model", help="a train.py run folder, a .keras file, or a SavedModel "
                         "folder written by keras_flow.export")
     parser.add_argument("--dataset", default="digits",
@@ -200,7 +194,7 @@ def _progress(done, total):
 
 
 def _one_line(error):
-    """The informative line of an error (`keras_flow.sample.one_line`), whitespace collapsed."""
+    """The informative line of an error (`keras_flow.cli.one_line`), whitespace collapsed."""
     return " ".join(one_line(error).split())
 
 
