@@ -33,8 +33,8 @@ DEFAULTS = dict(n_bits=8, batch_size=64, lr=1e-3, epochs=10, warmup="1epoch", em
 # settings (the presets' and DEFAULTS), `auto` picks time-budget when --max-seconds is given.
 RECIPES = ("auto", "time-budget", "openai")
 # The settings that measured best against a time budget: BENCHMARKS.md, "Quality against a
-# time budget" (Fashion-MNIST, Glow W2, `--max-seconds 600` alone: 2.655-2.690 test bits/dim
-# over three seeds). `mixed_precision` only
+# time budget" (Fashion-MNIST, Glow W2, `--max-seconds 600` alone: 2.624-2.642 test bits/dim
+# over three seeds; the peak rate from "The next tenth"). `mixed_precision` only
 # where bf16 is native (`runtime.native_bfloat16`); `zero_log_scale_factor` for Glow only;
 # the test set evaluated once, at the end, to leave the budget to training.
 TIME_BUDGET_RECIPE = dict(optimizer="adam", lr=2.2e-3, warmup="200", beta_2=0.99,
