@@ -1,9 +1,12 @@
 """The data the time-budget and permutation benchmarks write or read: what a user reproducing
 BENCHMARKS.md's tables gets."""
 
+import collections
 import json
+import time
 
 import numpy as np
+import pytest
 
 from keras_flow import data as flow_data
 from tests.scripts import load_script
@@ -52,3 +55,32 @@ def test_the_permutation_sweep_resumes_and_summarises_runs_by_seed(tmp_path, mon
     (row,) = [r for r in summary["full_test"] if r["variant"] == "conv1x1 / affine"]
     assert abs(row["bpd"] - 5.1) < 1e-12 and abs(row["std"] - 0.5) < 1e-12
     assert (tmp_path / "s.png").stat().st_size > 10_000
+
+
+def test_epoch_end_costs_times_each_hook_a_callback_defines():
+    """`epoch_end_costs` wraps the hooks a callback class defines itself (not inherited ones),
+    records one duration per call, keeps the hook's result and errors, and reports the most
+    expensive first."""
+    import keras
+
+    costs = load_script("benchmarks/epoch_end_costs.py")
+
+    class Slow(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            time.sleep(0.02)
+            return epoch
+
+        def on_train_end(self, logs=None):
+            raise RuntimeError("kept")
+
+    totals = collections.defaultdict(list)
+    costs.timed_hooks([Slow], totals)
+    callback = Slow()
+    assert [callback.on_epoch_end(epoch) for epoch in range(3)] == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="kept"):
+        callback.on_train_end()
+    callback.on_train_batch_end(0)  # inherited from Callback: not wrapped
+    assert set(totals) == {("Slow", "on_epoch_end"), ("Slow", "on_train_end")}
+    assert len(totals["Slow", "on_epoch_end"]) == 3 and min(totals["Slow", "on_epoch_end"]) >= 0.02
+    lines = costs.report(totals).splitlines()
+    assert lines[0].startswith("Slow") and "on_epoch_end" in lines[0] and "calls      3" in lines[0]

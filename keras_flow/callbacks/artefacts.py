@@ -21,8 +21,8 @@ class SampleGrids(keras.callbacks.Callback):
     Files: `<folder>/epoch_0003_T0.7.png` (one per epoch and temperature); TensorBoard images
     `samples/T=0.7` in `<log_dir>/samples`. The latent noise has a fixed seed, so the grids
     of successive epochs show the same latents decoded by the evolving model. The decoding is
-    traced once, at the first grid, and reused: for Glow W2's 5 x 64 samples 0.25 s a grid
-    against 1.4 s eager, after a 5-s trace (docs/time-budget.md).
+    traced once, at the first grid, and reused: eager decoding cost a small data set's epoch
+    ends several times more (docs/time-budget.md, "Where the budget goes").
 
     Args:
         folder: where the PNG files go.
@@ -73,8 +73,9 @@ def write_sample_grids(model, folder, temperatures, n_bits, num_samples=64, seed
     """Writes `<folder>/<prefix>T<t>.png`, a grid of samples per temperature `t`.
 
     All temperatures decode the same standard normal noise (seeded) scaled by `t`, in one
-    batch. Each sample gets a one-pixel grey frame; small grids are enlarged to >= 256 px. A class-conditional model gets labels `0, 1, ..., C-1, 0, ...` and `C` columns, so
-    each column shows one class.
+    batch. Each sample gets a one-pixel grey frame; small grids are enlarged to >= 256 px.
+    A class-conditional model gets labels `0, 1, ..., C-1, 0, ...` and `C` columns, so each
+    column shows one class.
 
     `decode`: the function that decodes, `model.decode` (eager) unless given, e.g. a traced
     copy of it.
